@@ -1,0 +1,916 @@
+"""The Manager: registers jobs, schedules instances into the store, and runs them on a worker pool.
+
+One Manager is one node. Several Managers (in one process or on many machines) sharing one store
+share its queue, history and logs; each instance runs on one node at a time, under a lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import inspect
+import json
+import math
+import os
+import random
+import socket
+import uuid as _uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._arguments import ExecutorSignature, encode_result, results_list
+from ._builtin import BackoffPlugin, MemoryStorePlugin, RunnerPlugin
+from ._context import Context
+from ._cron import CronSchedule
+from ._instance import Instance
+from ._job import BackoffStrategy, Job, TerminateProcessor
+from ._metrics import ManagerMetrics
+from ._plugins import Plugins
+from ._records import LogRecord, Query, StateRecord
+from ._runners import ExecutorRunner
+from ._state import LogLevel, State
+from ._time import now, seconds, to_epoch
+from ._worker import Worker
+from .abc import Outcome, Store
+from .errors import (
+    InstanceNotFoundError,
+    InvalidJobError,
+    JobTimeoutError,
+    ScheduleError,
+    StoreError,
+    UnknownJobError,
+    WaitTimeoutError,
+)
+
+__all__ = ["Manager"]
+
+_NAMESPACE = _uuid.UUID("6f1d3c2e-9a57-4d0b-8f43-3c1b7a9e5d21")
+_UNSET: Any = object()
+_RETIRE: Any = None  # sent to the worker stream to retire one worker
+
+
+class _Running:
+    """This node's bookkeeping for one claimed instance."""
+
+    __slots__ = ("ctx", "inst", "scope", "stop_reason")
+
+    def __init__(self, inst: Instance) -> None:
+        self.inst = inst
+        self.scope: anyio.CancelScope | None = None
+        self.ctx: Context | None = None
+        self.stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """Stop the attempt: "canceled" (user cancel), "lost" (lease lost), "shutdown" (node stopping)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.ctx is not None:
+            self.ctx._stop("canceled" if reason == "canceled" else reason)
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class _Overrides:
+    """Per-instance callables given at schedule time; they live on the scheduling node only."""
+
+    __slots__ = ("backoff", "terminate")
+
+    def __init__(self, backoff: BackoffStrategy | None, terminate: TerminateProcessor | None) -> None:
+        self.backoff = backoff
+        self.terminate = terminate
+
+
+class _FinishBatcher:
+    """Group commit of finishes: outcomes that arrive while one write is in flight go in the next."""
+
+    def __init__(self, manager: Manager) -> None:
+        self._manager = manager
+        self._pending: list[tuple[Outcome, list[Any]]] = []
+        self._busy = False
+
+    async def submit(self, outcome: Outcome) -> bool:
+        slot: list[Any] = [None, None]  # [event, then the store's answer; error]
+        self._pending.append((outcome, slot))
+        if self._busy:
+            ev = slot[0] = anyio.Event()
+            await ev.wait()
+        else:
+            self._busy = True
+            try:
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    try:
+                        await self._manager._flush_logs()
+                        oks = await self._manager.store.finish(self._manager.node_id, [o for o, _ in batch])
+                    except Exception as exc:
+                        failed, self._pending = batch + self._pending, []
+                        for _, s in failed:
+                            _answer(s, False, exc)
+                        break
+                    for (_, s), ok in zip(batch, oks):
+                        _answer(s, ok, None)
+            finally:
+                self._busy = False
+        if slot[1] is not None:
+            raise slot[1]
+        return bool(slot[0])
+
+
+def _answer(slot: list[Any], ok: bool, error: BaseException | None) -> None:
+    ev = slot[0]
+    slot[0], slot[1] = ok, error
+    if isinstance(ev, anyio.Event):
+        ev.set()
+
+
+class Manager:
+    """Registers jobs, schedules their instances and runs them, on any store.
+
+    Use it as an async context manager (``async with Manager(...) as mgr``), or call ``start()`` and
+    ``stop()`` from the same task. ``store`` is a URL (``"memory://"``, ``"valkey://host:6379/0"``,
+    resolved through the installed store plugins) or a :class:`~gojob_core.abc.Store` object.
+
+    :param num_workers: size of the worker pool; change it at run time with :meth:`resize_workers`.
+    :param node_id: this node's name in leases and history (default: host name and a random suffix).
+    :param plugins: extra plugin objects or modules (besides the ``gojob`` entry points).
+    :param autoload_plugins: load entry-point plugins (default: yes, unless
+        ``GOJOB_DISABLE_PLUGIN_AUTOLOAD`` is set).
+    :param lease_time: seconds a claim is held without a heartbeat; a node that dies loses its
+        instances to other nodes after this long. Heartbeats run every third of it.
+    :param poll_interval: the safety-net wake-up of an idle dispatcher (the store's wake-up is the main path).
+    :param shutdown_timeout: on stop, how long running instances may take to finish before they are
+        interrupted and handed back to the queue.
+    """
+
+    def __init__(
+        self,
+        store: str | Store = "memory://",
+        *,
+        num_workers: int = 4,
+        node_id: str | None = None,
+        plugins: Iterable[object] = (),
+        autoload_plugins: bool | None = None,
+        lease_time: float = 30.0,
+        poll_interval: float = 1.0,
+        shutdown_timeout: float = 10.0,
+        store_options: dict[str, Any] | None = None,
+    ) -> None:
+        _check_workers(num_workers)
+        if not (lease_time > 0 and math.isfinite(lease_time)):
+            raise ValueError(f"lease_time must be a positive number of seconds, got {lease_time!r}")
+        self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{_uuid.uuid4().hex[:6]}"
+        self.lease_time = float(lease_time)
+        self.poll_interval = float(poll_interval)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self._runner_plugin = RunnerPlugin()
+        self.metrics = ManagerMetrics(self)
+        self.plugins = Plugins([MemoryStorePlugin(), self._runner_plugin, BackoffPlugin(), self.metrics],
+                               plugins, autoload_plugins)
+        if isinstance(store, Store):
+            if store_options:
+                raise ValueError("store_options apply to a store URL, not to a Store object")
+            self.store: Store = store
+        elif isinstance(store, str):
+            self.store = self.plugins.store_from_url(store, dict(store_options or {}))
+        else:
+            raise TypeError(f"store must be a URL string or a Store object, got {store!r}")
+        self.plugins.register_metrics(self, self.metrics.registry)
+        self._jobs: dict[str, Job] = {}
+        self._runners: dict[str, ExecutorRunner] = {}
+        self._overrides: dict[str, _Overrides] = {}
+        self._target = num_workers
+        self._workers: set[Worker] = set()
+        self._worker_ids = 0
+        self._running: dict[str, _Running] = {}
+        self._in_flight = 0
+        self._capacity: anyio.Event | None = None
+        self._idle: anyio.Event | None = None
+        self._log_buffer: list[LogRecord] = []
+        self._finisher = _FinishBatcher(self)
+        self._tg: TaskGroup | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._send: Any = None
+        self._recv: Any = None
+        self._started = False
+        self._stopping = False
+        self._handed_back = False
+        self._injectable = {Instance: "instance", Manager: "manager", Worker: "worker", Context: "context"}
+
+    def __repr__(self) -> str:
+        return f"<Manager node={self.node_id} store={self.store.name} workers={self._target}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def __aenter__(self) -> Manager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._started and not self._stopping
+
+    async def start(self) -> None:
+        """Connect the store, register plugin-contributed jobs, start the workers and the node's loops."""
+        if self._started:
+            raise RuntimeError(f"manager {self.node_id} is already started")
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self.store.start()
+            stack.push_async_callback(self.store.stop)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self._stack = stack
+            self._send, self._recv = anyio.create_memory_object_stream[Any](math.inf)
+            self._started = True
+            self._stopping = False
+            self._handed_back = False
+            for job in self.plugins.jobs(self):
+                if job.kind not in self._jobs:
+                    await self.register_job(job)
+            self._spawn_workers(self._target)
+            self._tg.start_soon(self._dispatch_loop)
+            self._tg.start_soon(self._heartbeat_loop)
+            self._tg.start_soon(self._reclaim_loop)
+            self._tg.start_soon(self._cancel_listener)
+            self._tg.start_soon(self._log_flush_loop)
+            self._tg.start_soon(self._metrics_loop)
+            await self.plugins.manager_started(self)
+        except BaseException:
+            self._started = False
+            self._tg = None
+            self._stack = None
+            await stack.__aexit__(None, None, None)
+            raise
+
+    async def stop(self, *, abandon: bool = False) -> None:
+        """Stop the node.
+
+        Gracefully by default: no new claims; running instances get ``shutdown_timeout`` seconds to
+        finish, then they are interrupted and handed back to the queue, as are claimed ones not yet
+        started. With ``abandon=True`` the node stops as if it crashed: nothing is finished or handed
+        back, and other nodes re-run its instances when their leases expire (for tests and drills).
+        """
+        if not self._started or self._stack is None:
+            return
+        stack, self._stack = self._stack, None
+        self._stopping = True
+        self._wake_dispatcher()
+        try:
+            if not abandon:
+                await self.plugins.manager_stopping(self)
+                if self._running:
+                    with anyio.move_on_after(self.shutdown_timeout):
+                        while self._running:
+                            await self._wait_idle()
+                    # interrupted attempts and claims not yet started go back to the queue
+                    leftover = list(self._running)
+                    self._handed_back = True
+                    for run in list(self._running.values()):
+                        run.stop("shutdown")
+                    if leftover:
+                        with anyio.CancelScope(shield=True):
+                            await self.store.release(self.node_id, leftover)
+                with anyio.CancelScope(shield=True):
+                    await self._flush_logs()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+        finally:
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+            # not shielded: the task group's scope must be the current one when it exits
+            await stack.__aexit__(None, None, None)
+            self._tg = None
+            self._started = False
+            self._running.clear()
+            self._in_flight = 0
+            self._workers.clear()
+
+    async def _wait_idle(self) -> None:
+        if self._idle is None:
+            self._idle = anyio.Event()
+        await self._idle.wait()
+
+    def _require_started(self) -> None:
+        if not self._started or self._stopping:
+            raise RuntimeError(f"manager {self.node_id} is not running; use 'async with Manager(...)' "
+                               "or call 'await manager.start()' first")
+
+    # -- registry ----------------------------------------------------------------------------------
+    async def register_job(self, job: Job) -> Job:
+        """Register a job so that instances of its kind can be scheduled and run on this node.
+
+        Raises InvalidJobError if the executor cannot be analysed or another job holds the kind.
+        """
+        if not isinstance(job, Job):
+            raise InvalidJobError(f"register_job expects a gojob.Job, got {job!r}")
+        other = self._jobs.get(job.kind)
+        if other is not None and other is not job:
+            raise InvalidJobError(f"another job is already registered under kind {job.kind!r}; "
+                                  "unregister it first")
+        if job._signature is None:
+            job._signature = ExecutorSignature.of(job.kind, job.executor, self._injectable)
+        self._runners[job.kind] = self.plugins.executor_runner(self, job)
+        self._jobs[job.kind] = job
+        return job
+
+    async def unregister_job(self, job: Job | str) -> None:
+        """Remove a job from this node's registry (its queued instances stay in the store)."""
+        kind = job.kind if isinstance(job, Job) else job
+        if kind not in self._jobs:
+            raise UnknownJobError(kind, list(self._jobs))
+        del self._jobs[kind]
+        self._runners.pop(kind, None)
+
+    def registered_jobs(self) -> list[Job]:
+        """The jobs registered on this node, by kind."""
+        return [self._jobs[k] for k in sorted(self._jobs)]
+
+    def lookup_job(self, kind: str) -> Job:
+        """The job registered under a kind; raises UnknownJobError."""
+        try:
+            return self._jobs[kind]
+        except KeyError:
+            raise UnknownJobError(kind, list(self._jobs)) from None
+
+    # -- scheduling --------------------------------------------------------------------------------
+    async def schedule_job(
+        self,
+        job: Job,
+        *,
+        arguments: Any = (),
+        schedule_at: _dt.datetime | float | None = None,
+        schedule_after: float | _dt.timedelta | None = None,
+        crontab_spec: str | None = None,
+        timezone: str | _dt.tzinfo | None = None,
+        priority: int | None = None,
+        max_retries: int | None = None,
+        timeout: float | _dt.timedelta | None = _UNSET,
+        backoff_strategy: BackoffStrategy | None = None,
+        terminate_processor: TerminateProcessor | None = None,
+    ) -> Instance:
+        """Schedule one instance of a job (registering the job first if its kind is new).
+
+        ``arguments`` is a tuple or list (positional), a dict (keyword), or a single value. Timing:
+        now by default, or ``schedule_at`` (a datetime; a naive one is local time), or
+        ``schedule_after`` (seconds or a timedelta), or ``crontab_spec`` (recurring, in ``timezone``,
+        default local time; see :mod:`gojob_core._cron` for DST days). Every other option overrides
+        the job's default for this instance. Bad input raises before anything is written.
+
+        A recurring schedule is identified by (kind, spec, timezone, arguments): scheduling it again,
+        from this node or another sharing the store, does not double it. The returned instance is
+        the first occurrence; canceling any occurrence cancels the schedule.
+        """
+        insts = await self._schedule(job, [arguments], schedule_at=schedule_at, schedule_after=schedule_after,
+                                     crontab_spec=crontab_spec, timezone=timezone, priority=priority,
+                                     max_retries=max_retries, timeout=timeout, backoff_strategy=backoff_strategy,
+                                     terminate_processor=terminate_processor)
+        return insts[0]
+
+    async def schedule_registered_job(self, kind: str, **options: Any) -> Instance:
+        """Schedule an instance of the job registered under ``kind`` (options as for schedule_job)."""
+        return await self.schedule_job(self.lookup_job(kind), **options)
+
+    async def schedule_many(self, job: Job | str, arguments: Iterable[Any], **options: Any) -> list[Instance]:
+        """Schedule one instance per item of ``arguments`` in one store call; all or nothing.
+
+        Every item is checked before anything is written; options apply to every instance.
+        """
+        if isinstance(job, str):
+            job = self.lookup_job(job)
+        items = list(arguments)
+        if options.get("crontab_spec") is not None or (job.crontab_spec and not _timing_given(options)):
+            raise ScheduleError(f"job {job.kind!r}: schedule_many does not take crontab specs; "
+                                "schedule each recurring instance with schedule_job")
+        return await self._schedule(job, items, **options)
+
+    async def _schedule(self, job: Job, items: list[Any], *, schedule_at: Any = None, schedule_after: Any = None,
+                        crontab_spec: str | None = None, timezone: Any = None, priority: int | None = None,
+                        max_retries: int | None = None, timeout: Any = _UNSET,
+                        backoff_strategy: BackoffStrategy | None = None,
+                        terminate_processor: TerminateProcessor | None = None) -> list[Instance]:
+        self._require_started()
+        if not isinstance(job, Job):
+            raise InvalidJobError(f"schedule_job expects a gojob.Job, got {job!r}")
+        kind = job.kind
+        registered = self._jobs.get(kind)
+        if registered is not None and registered is not job:
+            raise InvalidJobError(f"another job is already registered under kind {kind!r}; "
+                                  "schedule it with schedule_registered_job or unregister it first")
+        sig = job._signature or ExecutorSignature.of(kind, job.executor, self._injectable)
+
+        # -- options, validated before anything is written --
+        if not _timing_given({"schedule_at": schedule_at, "schedule_after": schedule_after,
+                              "crontab_spec": crontab_spec}):
+            schedule_at, schedule_after, crontab_spec = job.schedule_at, job.schedule_after, job.crontab_spec
+        if timezone is None:
+            timezone = job.timezone
+        given = [n for n, v in (("schedule_at", schedule_at), ("schedule_after", schedule_after),
+                                ("crontab_spec", crontab_spec)) if v is not None]
+        if len(given) > 1:
+            raise ScheduleError(f"job {kind!r}: give one of schedule_at, schedule_after, crontab_spec, "
+                                f"not {' and '.join(given)}")
+        ts = now()
+        ready = ts
+        cron: CronSchedule | None = None
+        if schedule_at is not None:
+            try:
+                ready = to_epoch(schedule_at, what="schedule_at")
+            except ValueError as exc:
+                raise ScheduleError(f"job {kind!r}: {exc}") from None
+        elif schedule_after is not None:
+            try:
+                delay = seconds(schedule_after, what="schedule_after")
+            except ValueError as exc:
+                raise ScheduleError(f"job {kind!r}: {exc}") from None
+            if delay < 0:
+                raise ScheduleError(f"job {kind!r}: schedule_after must not be negative, got {schedule_after!r}")
+            ready = ts + delay
+        elif crontab_spec is not None:
+            cron = CronSchedule(crontab_spec, timezone, kind=kind)
+            ready = cron.next_after(ts)
+        prio = job.priority if priority is None else priority
+        if not isinstance(prio, int) or isinstance(prio, bool):
+            raise ScheduleError(f"job {kind!r}: priority must be an integer, got {prio!r}")
+        retries = job.max_retries if max_retries is None else max_retries
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ScheduleError(f"job {kind!r}: max_retries must be a non-negative integer, got {retries!r}")
+        tmo = job.timeout if timeout is _UNSET else timeout
+        tmo_s: float | None = None
+        if tmo is not None:
+            try:
+                tmo_s = seconds(tmo, what="timeout")
+            except ValueError as exc:
+                raise ScheduleError(f"job {kind!r}: {exc}") from None
+            if tmo_s <= 0:
+                raise ScheduleError(f"job {kind!r}: timeout must be positive seconds or None, got {tmo!r}")
+        for name, fn in (("backoff_strategy", backoff_strategy), ("terminate_processor", terminate_processor)):
+            if fn is not None and not callable(fn):
+                raise ScheduleError(f"job {kind!r}: {name} must be callable, got {fn!r}")
+
+        # -- arguments, bound and coerced (raises ArgumentError naming kind, parameter, value) --
+        bound = [sig.bind(*_split_arguments(a)) for a in items]
+
+        # -- write --
+        if registered is None:
+            await self.register_job(job)
+        insts = []
+        for args, kwargs in bound:
+            if cron is not None:
+                sid = str(_uuid.uuid5(_NAMESPACE, json.dumps([kind, cron.spec, cron.tz_name, args, kwargs],
+                                                              sort_keys=True, default=str)))
+                uid = _occurrence_uuid(sid, ready)
+            else:
+                sid = None
+                uid = str(_uuid.uuid4())
+            insts.append(Instance(uuid=uid, kind=kind, args=args, kwargs=kwargs, priority=prio,
+                                  state=State.SCHEDULED, max_retries=retries, timeout=tmo_s, created_ts=ts,
+                                  ready_ts=ready, crontab_spec=cron.spec if cron else None,
+                                  timezone=cron.tz_name if cron else None, schedule_id=sid))
+        if backoff_strategy is not None or terminate_processor is not None:
+            ov = _Overrides(backoff_strategy, terminate_processor)
+            for inst in insts:
+                self._overrides[inst.schedule_id or inst.uuid] = ov
+        added = await self.store.enqueue(insts, node=self.node_id)
+        out = []
+        for inst, was_added in zip(insts, added):
+            if not was_added:
+                existing = await self.store.get_instance(inst.uuid)
+                if existing is not None:
+                    inst = existing
+            else:
+                await self._state_changed(inst, State.CREATED, job)
+                await self._state_changed(inst, State.SCHEDULED, job)
+            inst._sink = self._log_sink
+            out.append(inst)
+        return out
+
+    # -- queries -------------------------------------------------------------------------------------
+    async def lookup_instances(self, query: Query | None = None) -> list[Instance]:
+        """Instances in the store matching the query (any state), oldest first."""
+        found = await self.store.list_instances(query or Query())
+        for inst in found:
+            inst._sink = self._log_sink
+        return found
+
+    async def lookup_instance(self, instance: Instance | str) -> Instance:
+        """The instance as the store has it now; raises InstanceNotFoundError."""
+        uid = _uuid_of(instance)
+        inst = await self.store.get_instance(uid)
+        if inst is None:
+            raise InstanceNotFoundError(uid)
+        inst._sink = self._log_sink
+        return inst
+
+    async def lookup_instance_history(self, query: Query | None = None) -> list[StateRecord]:
+        """State records matching the query, sorted by time."""
+        return await self.store.lookup_history(query or Query())
+
+    async def lookup_instance_logs(self, query: Query | None = None) -> list[LogRecord]:
+        """Log records matching the query, sorted by time (this node's unwritten lines included)."""
+        await self._flush_logs()
+        return await self.store.lookup_logs(query or Query())
+
+    async def clear_instance_history(self, query: Query) -> int:
+        """Delete the state records matching the query; returns how many."""
+        return await self.store.clear_history(query)
+
+    async def clear_instance_logs(self, query: Query) -> int:
+        """Delete the log records matching the query; returns how many."""
+        await self._flush_logs()
+        return await self.store.clear_logs(query)
+
+    async def wait(self, instance: Instance | str, timeout: float | _dt.timedelta | None = None) -> Instance:
+        """Wait until the instance reaches a final state; returns it (state, result, error, attempts).
+
+        Raises WaitTimeoutError if it is not final within ``timeout`` seconds, InstanceNotFoundError if
+        the store has no such instance.
+        """
+        uid = _uuid_of(instance)
+        limit = None if timeout is None else seconds(timeout, what="timeout")
+        inst = await self.store.wait_final(uid, limit)
+        if inst is None:
+            raise InstanceNotFoundError(uid)
+        if not inst.state.is_final:
+            raise WaitTimeoutError(f"instance {uid} of job {inst.kind!r} is still {inst.state.value} "
+                                   f"after {limit}s")
+        inst._sink = self._log_sink
+        return inst
+
+    async def cancel_instance(self, instance: Instance | str) -> Instance:
+        """Cancel an instance on whichever node holds it: queued, delayed, recurring or running.
+
+        A waiting instance is CANCELED at once; a running one is interrupted (an async executor is
+        canceled; a sync one sees ``ctx.cancelled``) and ends CANCELED. Canceling an occurrence of a
+        recurring schedule cancels the schedule. A cancel is final: no retry follows.
+        """
+        uid = _uuid_of(instance)
+        inst = await self.store.cancel(uid, node=self.node_id)
+        if inst is None:
+            raise InstanceNotFoundError(uid)
+        run = self._running.get(uid)
+        if run is not None:
+            run.stop("canceled")
+        elif inst.state is State.CANCELED:
+            job = self._jobs.get(inst.kind)
+            if job is not None and (inst.finished_ts or 0) >= now() - 1:
+                await self._state_changed(inst, State.CANCELED, job)
+        inst._sink = self._log_sink
+        return inst
+
+    # -- the pool ------------------------------------------------------------------------------------
+    @property
+    def num_workers(self) -> int:
+        """The pool's size (workers asked to retire are no longer counted)."""
+        return self._target
+
+    @property
+    def workers(self) -> list[Worker]:
+        """The pool's workers (those retiring after their current instance included)."""
+        return sorted(self._workers, key=lambda w: w.id)
+
+    async def resize_workers(self, num_workers: int) -> None:
+        """Grow or shrink the pool at run time. A retiring worker finishes its instance first;
+        no running instance is lost or run twice."""
+        _check_workers(num_workers)
+        delta = num_workers - self._target
+        self._target = num_workers
+        if not self._started:
+            return
+        if delta > 0:
+            self._spawn_workers(delta)
+            self._wake_dispatcher()
+        else:
+            for _ in range(-delta):
+                self._send.send_nowait(_RETIRE)
+
+    def _spawn_workers(self, n: int) -> None:
+        assert self._tg is not None
+        for _ in range(n):
+            self._worker_ids += 1
+            w = Worker(self, self._worker_ids)
+            self._workers.add(w)
+            self._tg.start_soon(self._worker_loop, w, name=f"gojob-worker-{w.id}")
+
+    def _wake_dispatcher(self) -> None:
+        ev = self._capacity
+        if ev is not None:
+            self._capacity = None
+            ev.set()
+
+    async def _dispatch_loop(self) -> None:
+        store, node = self.store, self.node_id
+        while not self._stopping:
+            free = self._target - self._in_flight
+            if free <= 0:
+                if self._capacity is None:
+                    self._capacity = anyio.Event()
+                await self._capacity.wait()
+                continue
+            try:
+                insts = await store.claim(node, free, self.lease_time)
+            except (StoreError, OSError) as exc:
+                self._report(f"claim failed: {exc!r}")
+                await anyio.sleep(min(self.poll_interval, 1.0))
+                continue
+            if not insts:
+                await store.wait_ready(self.poll_interval)
+                continue
+            if self._stopping:
+                with anyio.CancelScope(shield=True):
+                    await store.release(node, [i.uuid for i in insts])
+                return
+            for inst in insts:
+                self._in_flight += 1
+                self._running[inst.uuid] = _Running(inst)
+                self._send.send_nowait(inst)
+
+    async def _worker_loop(self, worker: Worker) -> None:
+        recv = self._recv
+        try:
+            while True:
+                inst = await recv.receive()
+                if inst is _RETIRE:
+                    return
+                worker.current = inst
+                try:
+                    await self._run_instance(worker, inst)
+                finally:
+                    worker.current = None
+                    worker.processed += 1
+                    self._running.pop(inst.uuid, None)
+                    self._in_flight -= 1
+                    self._wake_dispatcher()
+                    if self._idle is not None and not self._running:
+                        ev, self._idle = self._idle, None
+                        ev.set()
+        finally:
+            self._workers.discard(worker)
+
+    # -- one attempt ---------------------------------------------------------------------------------
+    async def _run_instance(self, worker: Worker, inst: Instance) -> None:
+        run = self._running.get(inst.uuid)
+        if run is None or self._handed_back:  # stop() handed it back to the queue
+            return
+        inst._sink = self._log_sink
+        job = self._jobs.get(inst.kind)
+        if job is None:
+            await self._finish(inst, None, Outcome(inst.uuid, State.TERMINATED,
+                                                   error=f"UnknownJobError: job kind {inst.kind!r} is not "
+                                                         f"registered on node {self.node_id}"))
+            return
+        if inst.crontab_spec is not None:
+            await self._chain_next_occurrence(inst)
+        await self._state_changed(inst, State.PROCESSING, job)
+        sig = job._signature
+        assert sig is not None
+        ctx = Context(inst.timeout)
+        run.ctx = ctx
+        result: Any = None
+        error: BaseException | None = None
+        scope = anyio.CancelScope()
+        if inst.timeout is not None:
+            scope.deadline = anyio.current_time() + inst.timeout
+        run.scope = scope
+        if run.stop_reason is not None:
+            scope.cancel()
+        try:
+            args, kwargs = sig.prepare_call(inst.args, inst.kwargs, {"instance": inst, "manager": self,
+                                                                    "worker": worker, "context": ctx})
+            with scope:
+                result = await self._runners[inst.kind].run(job.executor, args, kwargs, ctx)
+        except Exception as exc:  # the executor's failure (or bad stored arguments)
+            error = exc
+        stopped = scope.cancelled_caught or (scope.cancel_called and run.stop_reason is not None)
+        if stopped:
+            reason = run.stop_reason
+            if reason is None:
+                ctx._stop("timed out")
+                error = JobTimeoutError(f"job {inst.kind!r} attempt {inst.attempts} timed out "
+                                        f"after {inst.timeout}s")
+            elif reason == "canceled":
+                await self._finish(inst, job, Outcome(inst.uuid, State.CANCELED, detail="canceled while running"))
+                return
+            else:  # "lost": another node owns it now; "shutdown": handed back by stop()
+                return
+        if error is None:
+            await self._complete(inst, job, result)
+        else:
+            await self._fail(inst, job, error)
+
+    async def _complete(self, inst: Instance, job: Job, result: Any) -> None:
+        results = results_list(result)
+        inst.result = encode_result(result)
+        if job.complete_processor is not None:
+            await self._call_processor("complete_processor", inst, job.complete_processor, inst, results)
+        self.plugins.completed(self, inst, results)
+        await self._finish(inst, job, Outcome(inst.uuid, State.COMPLETED, result=inst.result))
+
+    async def _fail(self, inst: Instance, job: Job, error: BaseException) -> None:
+        timed_out = isinstance(error, JobTimeoutError)
+        err: BaseException | None = error
+        decided = self.plugins.terminated(self, inst, error)
+        if decided is False:
+            err = None
+        elif isinstance(decided, BaseException):
+            err = decided
+        ov = self._overrides.get(inst.schedule_id or inst.uuid)
+        processor = (ov.terminate if ov is not None and ov.terminate is not None else job.terminate_processor)
+        if processor is not None and err is not None:
+            try:
+                err = await _maybe_await(processor(inst, err))
+            except Exception as exc:
+                inst.errorf("terminate_processor raised %s: %s", type(exc).__name__, exc)
+        if err is None:  # the processor cleared the error: the attempt counts as a success
+            await self._finish(inst, job, Outcome(inst.uuid, State.COMPLETED, detail=f"cleared: {_describe(error)}"))
+            return
+        state = State.TIMED_OUT if timed_out and isinstance(err, JobTimeoutError) else State.TERMINATED
+        message = _describe(err)
+        inst.error = message
+        retry_at = None
+        if inst.attempts <= inst.max_retries:
+            retry_at = now() + self._backoff(inst, job, ov)
+        await self._finish(inst, job, Outcome(inst.uuid, state, error=message, retry_at=retry_at))
+
+    def _backoff(self, inst: Instance, job: Job, ov: _Overrides | None) -> float:
+        strategy = ov.backoff if ov is not None and ov.backoff is not None else job.backoff_strategy
+        delay: Any = None
+        if strategy is not None:
+            try:
+                delay = strategy(inst)
+            except Exception as exc:
+                inst.errorf("backoff_strategy raised %s: %s; using the default backoff", type(exc).__name__, exc)
+        if delay is None:
+            delay = self.plugins.backoff_delay(inst) or 0.0
+        try:
+            return max(0.0, seconds(delay, what="backoff delay"))
+        except ValueError:
+            inst.errorf("backoff_strategy returned %r, not seconds; retrying at once", delay)
+            return 0.0
+
+    async def _finish(self, inst: Instance, job: Job | None, outcome: Outcome) -> None:
+        """Run the state-change processors, then write the outcome (logs first) in one store step."""
+        if job is not None:
+            inst.state = outcome.state
+            await self._state_changed(inst, outcome.state, job)
+            if outcome.retry_at is not None:
+                inst.state = State.SCHEDULED
+                await self._state_changed(inst, State.SCHEDULED, job)
+        try:
+            ok = await self._finisher.submit(outcome)
+        except (StoreError, OSError) as exc:
+            self._report(f"finish of {inst.uuid} failed: {exc!r}; its lease will expire and it will re-run")
+            return
+        if ok and outcome.retry_at is None and inst.crontab_spec is None:
+            self._overrides.pop(inst.uuid, None)
+
+    async def _chain_next_occurrence(self, inst: Instance) -> None:
+        """Enqueue the next occurrence of a recurring instance (idempotent: its uuid is derived)."""
+        try:
+            cron = CronSchedule(inst.crontab_spec or "", inst.timezone, kind=inst.kind)
+        except ScheduleError as exc:
+            inst.errorf("cannot compute the next occurrence: %s", exc)
+            return
+        base = max(inst.ready_ts, now())
+        nxt = cron.next_after(base)
+        assert inst.schedule_id is not None
+        follow = Instance(uuid=_occurrence_uuid(inst.schedule_id, nxt), kind=inst.kind, args=inst.args,
+                          kwargs=inst.kwargs, priority=inst.priority, state=State.SCHEDULED,
+                          max_retries=inst.max_retries, timeout=inst.timeout, created_ts=now(), ready_ts=nxt,
+                          crontab_spec=inst.crontab_spec, timezone=inst.timezone, schedule_id=inst.schedule_id)
+        await self.store.enqueue([follow], node=self.node_id, chained=True)
+
+    async def _state_changed(self, inst: Instance, state: State, job: Job) -> None:
+        self.plugins.state_changed(self, inst, state)
+        if job.state_change_processor is not None:
+            await self._call_processor("state_change_processor", inst, job.state_change_processor, inst, state)
+
+    async def _call_processor(self, name: str, inst: Instance, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            await _maybe_await(fn(*args))
+        except Exception as exc:
+            inst._sink = self._log_sink
+            inst.errorf("%s raised %s: %s", name, type(exc).__name__, exc)
+
+    # -- background loops ------------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_time / 3)
+            uuids = list(self._running)
+            if not uuids:
+                continue
+            try:
+                report = await self.store.extend_leases(self.node_id, uuids, self.lease_time)
+            except (StoreError, OSError) as exc:
+                self._report(f"lease heartbeat failed: {exc!r}")
+                continue
+            for uid in report.lost:
+                run = self._running.get(uid)
+                if run is not None:
+                    run.stop("lost")
+            for uid in report.cancel_requested:
+                run = self._running.get(uid)
+                if run is not None:
+                    run.stop("canceled")
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.lease_time / 2 * random.uniform(0.5, 1.0))
+            try:
+                reclaimed = await self.store.reclaim_expired(self.node_id)
+            except (StoreError, OSError) as exc:
+                self._report(f"reclaim of expired leases failed: {exc!r}")
+                continue
+            if reclaimed:
+                self.metrics.reclaimed.inc(len(reclaimed))
+                self._wake_dispatcher()
+
+    async def _cancel_listener(self) -> None:
+        async for uid in self.store.cancel_notifications():
+            run = self._running.get(uid)
+            if run is not None:
+                run.stop("canceled")
+
+    async def _log_flush_loop(self) -> None:
+        while True:
+            await anyio.sleep(0.2)
+            if self._log_buffer:
+                try:
+                    await self._flush_logs()
+                except (StoreError, OSError) as exc:
+                    self._report(f"writing instance logs failed: {exc!r}")
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            try:
+                counts: dict[str, int] = {}
+                for inst in await self.store.list_instances(Query(state=State.SCHEDULED)):
+                    counts[inst.kind] = counts.get(inst.kind, 0) + 1
+                self.metrics.set_queued(counts)
+            except (StoreError, OSError) as exc:
+                self._report(f"reading queue sizes failed: {exc!r}")
+            await anyio.sleep(5.0)
+
+    # -- logs ----------------------------------------------------------------------------------------
+    def _log_sink(self, inst: Instance, level: LogLevel, message: str) -> None:
+        # list.append is atomic, so executors in worker threads may log too
+        self._log_buffer.append(LogRecord(inst.uuid, inst.kind, level, message, now(), inst.attempts, self.node_id))
+
+    async def _flush_logs(self) -> None:
+        if self._log_buffer:
+            batch, self._log_buffer = self._log_buffer, []
+            await self.store.append_logs(batch)
+
+    def _report(self, message: str) -> None:
+        import logging
+
+        logging.getLogger("gojob").warning("node %s: %s", self.node_id, message)
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+def _check_workers(n: object) -> None:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {n!r}")
+
+
+def _timing_given(options: dict[str, Any]) -> bool:
+    return any(options.get(k) is not None for k in ("schedule_at", "schedule_after", "crontab_spec"))
+
+
+def _split_arguments(arguments: Any) -> tuple[Sequence[Any], dict[str, Any]]:
+    if isinstance(arguments, (tuple, list)):
+        return arguments, {}
+    if isinstance(arguments, dict):
+        return (), arguments
+    return (arguments,), {}
+
+
+def _occurrence_uuid(schedule_id: str, fire_ts: float) -> str:
+    return str(_uuid.uuid5(_NAMESPACE, f"{schedule_id}@{round(fire_ts)}"))
+
+
+def _uuid_of(instance: Instance | str) -> str:
+    if isinstance(instance, Instance):
+        return instance.uuid
+    if isinstance(instance, str):
+        return instance
+    raise TypeError(f"expected an Instance or a uuid string, got {instance!r}")
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+async def _maybe_await(value: Any) -> Any:
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# keep a reference for type checkers that Awaitable is used in annotations of hooks
+_ = Awaitable

@@ -1,0 +1,109 @@
+"""The one place the core calls hooks: a typed facade over the Manager's pluggy plugin manager."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import UnknownStoreError
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ._instance import Instance
+    from ._job import Job
+    from ._manager import Manager
+    from ._runners import ExecutorRunner
+    from ._state import State
+    from .abc import Store
+
+__all__ = ["ENTRY_POINT_GROUP", "Plugins"]
+
+ENTRY_POINT_GROUP = "gojob"
+
+
+class Plugins:
+    """Builds the plugin manager (specs, built-ins, entry points, given plugins) and calls its hooks."""
+
+    def __init__(self, builtins: Iterable[object], plugins: Iterable[object] = (),
+                 autoload: bool | None = None) -> None:
+        pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        pm.add_hookspecs(hookspecs)
+        for name in filter(None, os.environ.get("GOJOB_DISABLED_PLUGINS", "").split(",")):
+            pm.set_blocked(name.strip())
+        for plugin in builtins:
+            pm.register(plugin, name=f"gojob.builtin.{type(plugin).__name__}")
+        if autoload is None:
+            autoload = not os.environ.get("GOJOB_DISABLE_PLUGIN_AUTOLOAD")
+        if autoload:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for plugin in plugins:
+            pm.register(plugin)
+        pm.hook.gojob_addhooks.call_historic(kwargs={"pluginmanager": pm})
+        pm.check_pending()
+        self.pm = pm
+        self._hook = pm.hook
+
+    # -- registration ------------------------------------------------------------------------------
+    def store_classes(self) -> dict[str, type[Store]]:
+        """URL scheme -> store class, from every plugin; a scheme claimed twice names both classes."""
+        found: dict[str, type[Store]] = {}
+        for classes in self._hook.gojob_register_stores():
+            for cls in classes or ():
+                for scheme in cls.SCHEMES:
+                    other = found.get(scheme)
+                    if other is not None and other is not cls:
+                        raise ValueError(f"store scheme {scheme!r} is claimed by both "
+                                         f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+                    found[scheme] = cls
+        return found
+
+    def store_from_url(self, url: str, options: dict[str, Any]) -> Store:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        classes = self.store_classes()
+        cls = classes.get(scheme)
+        if cls is None:
+            raise UnknownStoreError(url, scheme, list(classes))
+        return cls.from_url(url, **options)
+
+    def jobs(self, manager: Manager) -> list[Job]:
+        return [job for jobs in self._hook.gojob_register_jobs(manager=manager) for job in (jobs or ())]
+
+    def register_metrics(self, manager: Manager, registry: CollectorRegistry) -> None:
+        self._hook.gojob_register_metrics(manager=manager, registry=registry)
+
+    def executor_runner(self, manager: Manager, job: Job) -> ExecutorRunner:
+        runner = self._hook.gojob_executor_runner(manager=manager, job=job)
+        if runner is None:
+            raise RuntimeError(f"no plugin provides a runner for job {job.kind!r}")
+        return runner  # type: ignore[no-any-return]
+
+    # -- per instance ------------------------------------------------------------------------------
+    def state_changed(self, manager: Manager, instance: Instance, state: State) -> None:
+        self._hook.gojob_instance_state_changed(manager=manager, instance=instance, state=state)
+
+    def completed(self, manager: Manager, instance: Instance, results: list[Any]) -> None:
+        self._hook.gojob_instance_completed(manager=manager, instance=instance, results=results)
+
+    def terminated(self, manager: Manager, instance: Instance, error: BaseException) -> BaseException | bool | None:
+        return self._hook.gojob_instance_terminated(  # type: ignore[no-any-return]
+            manager=manager, instance=instance, error=error)
+
+    def backoff_delay(self, instance: Instance) -> float | None:
+        return self._hook.gojob_backoff_delay(instance=instance)  # type: ignore[no-any-return]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def manager_started(self, manager: Manager) -> None:
+        for result in self._hook.gojob_manager_started(manager=manager):
+            if inspect.isawaitable(result):
+                await result
+
+    async def manager_stopping(self, manager: Manager) -> None:
+        for result in self._hook.gojob_manager_stopping(manager=manager):
+            if inspect.isawaitable(result):
+                await result

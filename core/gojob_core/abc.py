@@ -1,0 +1,219 @@
+"""The store contract: queue, leases, atomic finish, cancel, wake-up, history and logs.
+
+Every store (memory, Valkey, Redis, etcd, a third party's) implements :class:`Store` and passes the
+conformance suite in :mod:`gojob_core.testing`. The rules a store must keep:
+
+- **Enqueue** is idempotent by uuid and writes the CREATED and SCHEDULED history records with the
+  instance. An occurrence of a canceled recurring schedule, enqueued by chaining, is refused.
+- **Claim** is atomic: it hands up to ``limit`` ready instances, ordered by (priority, ready time,
+  FIFO), to one node under a lease, sets them PROCESSING, counts the attempt and records it.
+  Two nodes never hold the same instance.
+- **Leases** are extended by the running node; an instance whose lease expired (its node died) is
+  re-queued by any live node (an *abandoned* attempt in history), or canceled if a cancel was asked.
+- **Finish** writes the final state (or the failed state and the retry), its history records, the
+  result or error and releases the lease in one atomic step, only while the lease is still held.
+- **Cancel** of a waiting instance is final at once; of a running one it sets a flag that the running
+  node sees (through :meth:`Store.cancel_notifications` or the lease heartbeat). Canceling a recurring
+  instance cancels its schedule.
+- **Wake-up** (:meth:`Store.wait_ready`) blocks until work may be ready; a sleep-poll is only a safety net.
+- **History and logs** are queried by instance, kind, state and time range, sorted by time. A record
+  that cannot be decoded is reported through :meth:`Store.corrupt_records` and set aside, never deleted.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar
+
+import anyio
+
+from ._instance import Instance
+from ._records import LogRecord, Query, StateRecord
+from ._state import State
+
+__all__ = ["CorruptRecord", "LeaseReport", "Outcome", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt ended, handed to :meth:`Store.finish`.
+
+    ``state`` is the attempt's state (COMPLETED, TERMINATED, TIMED_OUT or CANCELED). With ``retry_at``
+    set (epoch seconds) the instance records ``state`` for this attempt and goes back to SCHEDULED,
+    ready at ``retry_at``; otherwise ``state`` is final.
+    """
+
+    uuid: str
+    state: State
+    result: Any = None
+    error: str | None = None
+    retry_at: float | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseReport:
+    """What a lease heartbeat learned: leases this node no longer holds, and cancels asked for."""
+
+    lost: frozenset[str] = frozenset()
+    cancel_requested: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class CorruptRecord:
+    """A stored record that could not be decoded, set aside for an operator to inspect."""
+
+    key: str
+    reason: str
+    raw: str = field(default="", repr=False)
+
+
+class Store(abc.ABC):
+    """Base class of every store. Subclasses set ``SCHEMES`` and implement the abstract methods.
+
+    A store is an async context manager; :meth:`start` connects, :meth:`stop` disconnects.
+    ``ANYIO_BACKENDS`` names the anyio backends the store runs on (tests run on each).
+    """
+
+    SCHEMES: ClassVar[tuple[str, ...]] = ()
+    ANYIO_BACKENDS: ClassVar[tuple[str, ...]] = ("asyncio", "trio")
+
+    #: The store's name, shown in logs and ``jobctl``.
+    name: str = "store"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Store:
+        """Build a store from a URL of one of ``SCHEMES`` (options override URL parameters)."""
+        raise NotImplementedError(f"{cls.__name__} cannot be built from a URL")
+
+    async def start(self) -> None:
+        """Connect; called once by the Manager before anything else."""
+
+    async def stop(self) -> None:
+        """Disconnect and release resources; the store may be started again."""
+
+    async def __aenter__(self) -> Store:
+        await self.start()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()
+
+    # -- queue -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def enqueue(self, instances: Sequence[Instance], *, node: str | None = None,
+                      chained: bool = False) -> list[bool]:
+        """Add instances (state SCHEDULED, with CREATED and SCHEDULED history records).
+
+        Idempotent by uuid: an instance already present is left as it is (False in the result).
+        ``chained`` marks the next occurrence of a recurring schedule, refused (False) when that
+        schedule was canceled; an enqueue that is not chained re-opens a canceled schedule.
+        :returns: for each instance, whether it was added.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, node: str, limit: int, lease: float) -> list[Instance]:
+        """Atomically take up to ``limit`` ready instances for ``node`` for ``lease`` seconds.
+
+        Ordered by (priority, ready time, FIFO). Each is set PROCESSING with ``attempts`` + 1,
+        ``started_ts``, ``node`` and ``lease_ts``, and a PROCESSING history record.
+        """
+
+    @abc.abstractmethod
+    async def wait_ready(self, timeout: float) -> None:
+        """Return when an instance may be ready to claim (new, due, or re-queued), or after ``timeout``."""
+
+    @abc.abstractmethod
+    async def extend_leases(self, node: str, uuids: Sequence[str], lease: float) -> LeaseReport:
+        """Extend ``node``'s leases; report those it lost and those whose cancel was asked."""
+
+    @abc.abstractmethod
+    async def reclaim_expired(self, node: str) -> list[Instance]:
+        """Re-queue instances whose lease expired (their node died); returns them as re-queued.
+
+        Each gets a history record of the abandoned attempt (the attempt's state PROCESSING ends with
+        state SCHEDULED, detail naming the node that lost it). One whose cancel was asked is CANCELED.
+        """
+
+    @abc.abstractmethod
+    async def finish(self, node: str, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply each outcome atomically (state, history, result or error, lease release).
+
+        Only while ``node`` still holds the instance's lease; otherwise nothing is written (False).
+        """
+
+    @abc.abstractmethod
+    async def release(self, node: str, uuids: Sequence[str]) -> None:
+        """Hand claimed instances back to the queue unchanged in priority (a node stopping)."""
+
+    @abc.abstractmethod
+    async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
+        """Cancel an instance (and its schedule, if recurring); None if there is no such instance.
+
+        A waiting instance becomes CANCELED at once; a running one gets ``cancel_requested`` set and
+        is reported to its node; a final one is left as it is. Returns the instance after the change.
+        """
+
+    async def cancel_notifications(self) -> AsyncIterator[str]:
+        """Yield uuids whose cancel was asked, as soon as the store learns of them.
+
+        The default yields nothing: the lease heartbeat then carries cancels (slower).
+        """
+        await anyio.sleep_forever()
+        yield ""  # pragma: no cover
+
+    @abc.abstractmethod
+    async def get_instance(self, uuid: str) -> Instance | None:
+        """The instance with this uuid, or None."""
+
+    @abc.abstractmethod
+    async def list_instances(self, query: Query) -> list[Instance]:
+        """Instances matching the query, oldest created first."""
+
+    @abc.abstractmethod
+    async def clear_instances(self, query: Query) -> int:
+        """Remove matching instances that are not running; returns how many were removed."""
+
+    async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
+        """Wait until the instance is final (or the timeout passes); returns it as it then is.
+
+        The default polls :meth:`get_instance` with a growing interval; stores that can, notify.
+        """
+        interval = 0.005
+        with anyio.move_on_after(timeout):
+            while True:
+                inst = await self.get_instance(uuid)
+                if inst is None or inst.state.is_final:
+                    return inst
+                await anyio.sleep(interval)
+                interval = min(interval * 2, 0.5)
+        return await self.get_instance(uuid)
+
+    # -- history and logs ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def lookup_history(self, query: Query) -> list[StateRecord]:
+        """State records matching the query, sorted by time."""
+
+    @abc.abstractmethod
+    async def clear_history(self, query: Query) -> int:
+        """Remove matching state records; returns how many."""
+
+    @abc.abstractmethod
+    async def append_logs(self, records: Sequence[LogRecord]) -> None:
+        """Append log records."""
+
+    @abc.abstractmethod
+    async def lookup_logs(self, query: Query) -> list[LogRecord]:
+        """Log records matching the query, sorted by time."""
+
+    @abc.abstractmethod
+    async def clear_logs(self, query: Query) -> int:
+        """Remove matching log records; returns how many."""
+
+    async def corrupt_records(self) -> list[CorruptRecord]:
+        """Records set aside because they could not be decoded (the default store has none)."""
+        return []
