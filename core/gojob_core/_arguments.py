@@ -552,9 +552,9 @@ def _instance(cls: type) -> _Converter | None:
 
 
 def _build(hint: Any) -> _Converter | None:
-    if hint is _EMPTY or hint is Any or hint is object or isinstance(hint, (str, typing.ForwardRef, typing.TypeVar)):
+    if hint is _EMPTY or hint is None or hint is Any or hint is object or isinstance(hint, (str, typing.ForwardRef, typing.TypeVar)):
         return None
-    if hint is None or hint is _NoneType:
+    if hint is _NoneType:
         return _to_none
     origin = typing.get_origin(hint)
     if origin is not None:
@@ -927,7 +927,7 @@ class ExecutorSignature:
         injected = [p.name for p in self._positional if p.inject]
         if injected:
             text += f"; injected {', '.join(injected)} may be given as {PLACEHOLDER!r} or left out"
-        plural = "" if count == "1" else "s"
+        plural = "" if count in ("1", "at least 1") else "s"
         message = (f"job {self.kind!r}: expected {count} argument{plural} ({text}), "
                    f"got {len(arguments)}: {_short(arguments)}")
         if missing:

@@ -243,6 +243,9 @@ class Manager:
             await self.plugins.manager_started(self)
         except BaseException:
             self._started = False
+            if self._send is not None:
+                self._send.close()
+                self._recv.close()
             self._tg = None
             self._stack = None
             await stack.__aexit__(None, None, None)
@@ -285,6 +288,8 @@ class Manager:
                 self._tg.cancel_scope.cancel()
             # not shielded: the task group's scope must be the current one when it exits
             await stack.__aexit__(None, None, None)
+            self._send.close()
+            self._recv.close()
             self._tg = None
             self._started = False
             self._running.clear()
@@ -831,10 +836,11 @@ class Manager:
                 self._wake_dispatcher()
 
     async def _cancel_listener(self) -> None:
-        async for uid in self.store.cancel_notifications():
-            run = self._running.get(uid)
-            if run is not None:
-                run.stop("canceled")
+        async with contextlib.aclosing(self.store.cancel_notifications()) as notes:
+            async for uid in notes:
+                run = self._running.get(uid)
+                if run is not None:
+                    run.stop("canceled")
 
     async def _log_flush_loop(self) -> None:
         while True:

@@ -161,7 +161,8 @@ class Store(abc.ABC):
     async def cancel_notifications(self) -> AsyncIterator[str]:
         """Yield uuids whose cancel was asked, as soon as the store learns of them.
 
-        The default yields nothing: the lease heartbeat then carries cancels (slower).
+        The default yields nothing: the lease heartbeat then carries cancels (slower). Callers
+        close the generator with ``contextlib.aclosing``.
         """
         await anyio.sleep_forever()
         yield ""  # pragma: no cover

@@ -1,0 +1,570 @@
+"""The store conformance suite: every rule of the store contract as a test (see the package docstring)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import aclosing
+import uuid as _uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, ClassVar
+
+import anyio
+import pytest
+
+from .._instance import Instance
+from .._job import Job
+from .._manager import Manager
+from .._records import LogRecord, Query
+from .._state import LogLevel, State
+from ..abc import Outcome, Store
+
+__all__ = ["StoreConformance"]
+
+
+def _inst(kind: str = "k", *, priority: int = 0, delay: float = 0.0, args: list[Any] | None = None,
+          schedule_id: str | None = None, uid: str | None = None, ts: float | None = None) -> Instance:
+    now = time.time() if ts is None else ts
+    return Instance(uuid=uid or str(_uuid.uuid4()), kind=kind, args=args if args is not None else [],
+                    priority=priority, state=State.SCHEDULED, created_ts=now, ready_ts=now + delay,
+                    schedule_id=schedule_id, crontab_spec="* * * * *" if schedule_id else None)
+
+
+async def _claim_all(store: Store, node: str, lease: float = 30.0) -> list[Instance]:
+    out: list[Instance] = []
+    while True:
+        got = await store.claim(node, 100, lease)
+        if not got:
+            return out
+        out.extend(got)
+
+
+def _states(records: list[Any]) -> list[State]:
+    return [r.state for r in records]
+
+
+class StoreConformance:
+    """The store contract as tests. Subclass it and override :meth:`make_store` (see module docs)."""
+
+    #: anyio backends the store runs on; the suite runs on each of them.
+    anyio_backends: ClassVar[tuple[str, ...]] = ("asyncio", "trio")
+    #: seconds of lease used where a test lets a lease expire (raise it for a slow store)
+    short_lease: ClassVar[float] = 0.4
+
+    pytestmark = pytest.mark.anyio
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> str:
+        if request.param not in self.anyio_backends:
+            pytest.skip(f"{type(self).__name__} does not run on the {request.param} backend")
+        return str(request.param)
+
+    @pytest.fixture
+    def make_store(self) -> Callable[[], Store]:
+        """Return a callable making a new, unstarted store on the same data. Subclasses override it."""
+        raise NotImplementedError("override the make_store fixture in your StoreConformance subclass")
+
+    @pytest.fixture
+    async def store(self, make_store: Callable[[], Store]) -> AsyncIterator[Store]:
+        s = make_store()
+        await s.start()
+        try:
+            await s.clear_instances(Query())
+            await s.clear_history(Query())
+            await s.clear_logs(Query())
+            yield s
+        finally:
+            await s.stop()
+
+    # -- enqueue ---------------------------------------------------------------------------------------
+    async def test_enqueue_then_get(self, store: Store) -> None:
+        inst = _inst(args=[1, "two", {"three": [3.0, None, True]}, "ünïcode"])
+        assert await store.enqueue([inst], node="n1") == [True]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None
+        assert got.uuid == inst.uuid and got.kind == "k" and got.state is State.SCHEDULED
+        assert got.args == [1, "two", {"three": [3.0, None, True]}, "ünïcode"]
+        assert got.attempts == 0
+        hist = await store.lookup_history(Query(instance=inst))
+        assert _states(hist) == [State.CREATED, State.SCHEDULED]
+        assert await store.get_instance(str(_uuid.uuid4())) is None
+
+    async def test_enqueue_is_idempotent_by_uuid(self, store: Store) -> None:
+        inst = _inst()
+        assert await store.enqueue([inst]) == [True]
+        assert await store.enqueue([inst, _inst()]) == [False, True]
+        assert len(await store.list_instances(Query())) == 2
+        assert len(await store.lookup_history(Query(instance=inst))) == 2
+
+    async def test_enqueue_many_in_one_call(self, store: Store) -> None:
+        insts = [_inst(args=[i]) for i in range(250)]
+        assert await store.enqueue(insts) == [True] * 250
+        claimed = await _claim_all(store, "n1")
+        assert sorted(i.args[0] for i in claimed) == list(range(250))
+
+    # -- claim -----------------------------------------------------------------------------------------
+    async def test_claim_orders_by_priority_then_fifo(self, store: Store) -> None:
+        t = time.time()
+        order = [(5, 0), (0, 1), (5, 2), (-3, 3), (0, 4), (9, 5), (-3, 6)]
+        insts = [_inst(priority=p, args=[i], ts=t - 1 + i * 1e-4) for p, i in order]
+        await store.enqueue(insts)
+        got = [(i.priority, i.args[0]) for i in await _claim_all(store, "n1")]
+        assert got == sorted(order)
+
+    async def test_claim_orders_within_priority_by_ready_time(self, store: Store) -> None:
+        t = time.time()
+        late = _inst(args=["late"], ts=t - 1.0)
+        late.ready_ts = t - 0.1
+        early = _inst(args=["early"], ts=t)
+        early.ready_ts = t - 0.5
+        await store.enqueue([late, early])
+        got = [i.args[0] for i in await _claim_all(store, "n1")]
+        assert got == ["early", "late"]
+
+    async def test_claim_sets_processing_attempt_and_lease(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        before = time.time()
+        [got] = await store.claim("n1", 10, 30.0)
+        assert got.uuid == inst.uuid and got.state is State.PROCESSING
+        assert got.attempts == 1 and got.node == "n1"
+        assert got.lease_ts is not None and got.lease_ts >= before + 29
+        assert got.started_ts is not None and got.started_ts >= before - 1
+        stored = await store.get_instance(inst.uuid)
+        assert stored is not None and stored.state is State.PROCESSING
+        hist = await store.lookup_history(Query(instance=inst))
+        assert _states(hist) == [State.CREATED, State.SCHEDULED, State.PROCESSING]
+        assert hist[-1].attempt == 1 and hist[-1].node == "n1"
+        assert await store.claim("n2", 10, 30.0) == []
+
+    async def test_claim_respects_limit(self, store: Store) -> None:
+        await store.enqueue([_inst(args=[i]) for i in range(5)])
+        assert len(await store.claim("n1", 2, 30.0)) == 2
+        assert len(await store.claim("n1", 0, 30.0)) == 0
+        assert len(await store.claim("n1", 10, 30.0)) == 3
+
+    async def test_delayed_instance_is_not_claimed_before_its_time(self, store: Store) -> None:
+        inst = _inst(delay=0.6)
+        await store.enqueue([inst])
+        assert await store.claim("n1", 10, 30.0) == []
+        start = time.monotonic()
+        got: list[Instance] = []
+        with anyio.fail_after(5):
+            while not got:
+                await store.wait_ready(2.0)
+                got = await store.claim("n1", 10, 30.0)
+        waited = time.monotonic() - start
+        assert [i.uuid for i in got] == [inst.uuid]
+        assert 0.4 <= waited < 2.0, waited  # woke for the due time, not for the 2 s timeout
+
+    async def test_wait_ready_wakes_on_enqueue(self, store: Store, make_store: Callable[[], Store]) -> None:
+        other = make_store()
+        if other is not store:
+            await other.start()
+        try:
+            woke_after: list[float] = []
+
+            async def waiter() -> None:
+                start = time.monotonic()
+                await store.wait_ready(5.0)
+                woke_after.append(time.monotonic() - start)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await anyio.sleep(0.2)
+                await other.enqueue([_inst()])
+            assert woke_after and woke_after[0] < 2.0, woke_after
+        finally:
+            if other is not store:
+                await other.stop()
+
+    async def test_wait_ready_returns_at_once_when_work_is_ready(self, store: Store) -> None:
+        await store.enqueue([_inst()])
+        with anyio.fail_after(1.0):
+            await store.wait_ready(10.0)
+
+    async def test_concurrent_claims_never_share_an_instance(self, store: Store,
+                                                             make_store: Callable[[], Store]) -> None:
+        other = make_store()
+        if other is not store:
+            await other.start()
+        try:
+            n = 300
+            await store.enqueue([_inst(args=[i]) for i in range(n)])
+            seen: list[tuple[str, str]] = []
+
+            async def claimer(s: Store, node: str) -> None:
+                while True:
+                    got = await s.claim(node, 3, 30.0)
+                    if not got:
+                        return
+                    seen.extend((node, i.uuid) for i in got)
+                    await anyio.sleep(0)
+
+            async with anyio.create_task_group() as tg:
+                for k in range(4):
+                    tg.start_soon(claimer, store, f"a{k}")
+                    tg.start_soon(claimer, other, f"b{k}")
+            uuids = [u for _, u in seen]
+            assert len(uuids) == n and len(set(uuids)) == n
+        finally:
+            if other is not store:
+                await other.stop()
+
+    # -- leases ----------------------------------------------------------------------------------------
+    async def test_extend_leases_reports_lost_and_cancel(self, store: Store) -> None:
+        a, b = _inst(), _inst()
+        await store.enqueue([a, b])
+        await store.claim("n1", 10, 30.0)
+        unknown = str(_uuid.uuid4())
+        report = await store.extend_leases("n1", [a.uuid, b.uuid, unknown], 60.0)
+        assert report.lost == {unknown} and report.cancel_requested == frozenset()
+        assert (await store.extend_leases("n2", [a.uuid], 60.0)).lost == {a.uuid}
+        got = await store.get_instance(a.uuid)
+        assert got is not None and got.lease_ts is not None and got.lease_ts > time.time() + 50
+        await store.cancel(b.uuid)
+        report = await store.extend_leases("n1", [a.uuid, b.uuid], 60.0)
+        assert report.cancel_requested == {b.uuid} and report.lost == frozenset()
+
+    async def test_expired_lease_is_reclaimed_and_rerun(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("dead", 10, self.short_lease)
+        assert await store.reclaim_expired("live") == []
+        await anyio.sleep(self.short_lease + 0.3)
+        reclaimed = await store.reclaim_expired("live")
+        assert [i.uuid for i in reclaimed] == [inst.uuid]
+        assert await store.reclaim_expired("live") == []
+        [again] = await store.claim("live", 10, 30.0)
+        assert again.uuid == inst.uuid and again.attempts == 2 and again.node == "live"
+        assert await store.finish("dead", [Outcome(inst.uuid, State.COMPLETED)]) == [False]
+        assert await store.finish("live", [Outcome(inst.uuid, State.COMPLETED, result=7)]) == [True]
+        hist = await store.lookup_history(Query(instance=inst))
+        assert _states(hist) == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.SCHEDULED,
+                                 State.PROCESSING, State.COMPLETED]
+        assert hist[3].detail and "dead" in hist[3].detail  # the abandoned attempt names the lost node
+        assert [h.attempt for h in hist if h.state is State.PROCESSING] == [1, 2]
+
+    async def test_expired_lease_with_cancel_asked_ends_canceled(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("dead", 10, self.short_lease)
+        await store.cancel(inst.uuid)
+        await anyio.sleep(self.short_lease + 0.3)
+        assert await store.reclaim_expired("live") == []
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.CANCELED
+        assert await store.claim("live", 10, 30.0) == []
+
+    async def test_release_hands_back_without_counting_the_attempt(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("n1", 10, 30.0)
+        await store.release("n2", [inst.uuid])  # not n2's: nothing happens
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.PROCESSING
+        await store.release("n1", [inst.uuid])
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.SCHEDULED and got.attempts == 0
+        [again] = await store.claim("n2", 10, 30.0)
+        assert again.attempts == 1
+
+    # -- finish ----------------------------------------------------------------------------------------
+    async def test_finish_completed_keeps_result(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("n1", 10, 30.0)
+        result = {"sum": 42, "items": [1, 2.5, "x", None], "nested": {"ok": True}}
+        assert await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED, result=result)]) == [True]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.COMPLETED and got.result == result
+        assert got.finished_ts is not None and got.lease_ts is None
+        assert await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED)]) == [False]
+
+    async def test_finish_by_another_node_writes_nothing(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("n1", 10, 30.0)
+        assert await store.finish("n2", [Outcome(inst.uuid, State.TERMINATED, error="x")]) == [False]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.PROCESSING and got.error is None
+        assert _states(await store.lookup_history(Query(instance=inst)))[-1] is State.PROCESSING
+
+    async def test_finish_many_at_once(self, store: Store) -> None:
+        insts = [_inst(args=[i]) for i in range(20)]
+        await store.enqueue(insts)
+        claimed = await _claim_all(store, "n1")
+        oks = await store.finish("n1", [Outcome(i.uuid, State.COMPLETED, result=i.args[0]) for i in claimed])
+        assert oks == [True] * 20
+        done = await store.list_instances(Query(state=State.COMPLETED))
+        assert sorted(i.result for i in done) == list(range(20))
+
+    async def test_finish_with_retry_requeues_after_backoff(self, store: Store) -> None:
+        inst = _inst()
+        inst.max_retries = 1
+        await store.enqueue([inst])
+        await store.claim("n1", 10, 30.0)
+        retry_at = time.time() + 0.5
+        oc = Outcome(inst.uuid, State.TERMINATED, error="ValueError: boom", retry_at=retry_at)
+        assert await store.finish("n1", [oc]) == [True]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.SCHEDULED and got.error == "ValueError: boom"
+        assert abs(got.ready_ts - retry_at) < 0.01
+        assert await store.claim("n1", 10, 30.0) == []
+        got2: list[Instance] = []
+        with anyio.fail_after(5):
+            while not got2:
+                await store.wait_ready(1.0)
+                got2 = await store.claim("n1", 10, 30.0)
+        assert time.time() >= retry_at - 0.05
+        assert got2[0].attempts == 2
+        await store.finish("n1", [Outcome(inst.uuid, State.TIMED_OUT, error="JobTimeoutError: slow")])
+        hist = await store.lookup_history(Query(instance=inst))
+        assert _states(hist) == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.TERMINATED,
+                                 State.SCHEDULED, State.PROCESSING, State.TIMED_OUT]
+        assert hist[3].detail == "ValueError: boom"
+        final = await store.get_instance(inst.uuid)
+        assert final is not None and final.state is State.TIMED_OUT and final.attempts == 2
+
+    async def test_retry_after_cancel_asked_is_canceled(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("n1", 10, 30.0)
+        await store.cancel(inst.uuid)
+        await store.finish("n1", [Outcome(inst.uuid, State.TERMINATED, error="E: x", retry_at=time.time())])
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.CANCELED
+        assert await store.claim("n1", 10, 30.0) == []
+
+    async def test_wait_final(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        got = await store.wait_final(inst.uuid, 0.2)
+        assert got is not None and got.state is State.SCHEDULED
+        result: list[Instance | None] = []
+
+        async def waiter() -> None:
+            result.append(await store.wait_final(inst.uuid, 10.0))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.1)
+            await store.claim("n1", 10, 30.0)
+            await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED, result="r")])
+        assert result[0] is not None and result[0].state is State.COMPLETED and result[0].result == "r"
+        assert await store.wait_final(str(_uuid.uuid4()), 0.1) is None
+
+    # -- cancel ----------------------------------------------------------------------------------------
+    async def test_cancel_waiting_instance_is_final_at_once(self, store: Store) -> None:
+        now_i, later = _inst(), _inst(delay=60)
+        await store.enqueue([now_i, later])
+        for inst in (now_i, later):
+            got = await store.cancel(inst.uuid)
+            assert got is not None and got.state is State.CANCELED
+            assert _states(await store.lookup_history(Query(instance=inst)))[-1] is State.CANCELED
+        assert await store.claim("n1", 10, 30.0) == []
+        assert await store.cancel(str(_uuid.uuid4())) is None
+
+    async def test_cancel_final_instance_changes_nothing(self, store: Store) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("n1", 10, 30.0)
+        await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED)])
+        got = await store.cancel(inst.uuid)
+        assert got is not None and got.state is State.COMPLETED
+
+    async def test_cancel_running_instance_notifies(self, store: Store, make_store: Callable[[], Store]) -> None:
+        inst = _inst()
+        await store.enqueue([inst])
+        await store.claim("n1", 10, 30.0)
+        heard: list[str] = []
+
+        async def listen() -> None:
+            async with aclosing(store.cancel_notifications()) as notes:
+                async for uid in notes:
+                    heard.append(uid)
+                    return
+
+        other = make_store()
+        if other is not store:
+            await other.start()
+        try:
+            with anyio.move_on_after(3.0):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listen)
+                    await anyio.sleep(0.2)
+                    got = await other.cancel(inst.uuid)
+                    assert got is not None and got.state is State.PROCESSING and got.cancel_requested
+            report = await store.extend_leases("n1", [inst.uuid], 30.0)
+            assert inst.uuid in report.cancel_requested  # the heartbeat carries it in any case
+            if heard:
+                assert heard == [inst.uuid]
+        finally:
+            if other is not store:
+                await other.stop()
+        await store.finish("n1", [Outcome(inst.uuid, State.CANCELED)])
+        final = await store.get_instance(inst.uuid)
+        assert final is not None and final.state is State.CANCELED
+
+    async def test_cancel_recurring_cancels_the_schedule(self, store: Store) -> None:
+        sid = str(_uuid.uuid4())
+        first = _inst(schedule_id=sid)
+        await store.enqueue([first])
+        [running] = await store.claim("n1", 10, 30.0)
+        second = _inst(schedule_id=sid, delay=60)
+        assert await store.enqueue([second], chained=True) == [True]
+        await store.cancel(running.uuid)
+        got2 = await store.get_instance(second.uuid)
+        assert got2 is not None and got2.state is State.CANCELED
+        third = _inst(schedule_id=sid, delay=120)
+        assert await store.enqueue([third], chained=True) == [False]  # the chain is cut
+        assert await store.get_instance(third.uuid) is None
+        fresh = _inst(schedule_id=sid, delay=180)
+        assert await store.enqueue([fresh]) == [True]  # scheduling it anew re-opens it
+        assert await store.enqueue([_inst(schedule_id=sid, delay=240)], chained=True) == [True]
+
+    # -- listing and clearing ----------------------------------------------------------------------------
+    async def test_list_instances_by_query(self, store: Store) -> None:
+        t = time.time()
+        a = _inst("alpha", ts=t - 100)
+        b = _inst("beta", ts=t - 50)
+        c = _inst("alpha", ts=t)
+        await store.enqueue([a, b, c])
+        await store.claim("n1", 1, 30.0)  # takes a (oldest ready)
+        assert [i.uuid for i in await store.list_instances(Query())] == [a.uuid, b.uuid, c.uuid]
+        assert [i.uuid for i in await store.list_instances(Query(kind="alpha"))] == [a.uuid, c.uuid]
+        assert [i.uuid for i in await store.list_instances(Query(state=State.PROCESSING))] == [a.uuid]
+        assert [i.uuid for i in await store.list_instances(Query(state=[State.SCHEDULED]))] == [b.uuid, c.uuid]
+        assert [i.uuid for i in await store.list_instances(Query(since=t - 60))] == [b.uuid, c.uuid]
+        assert [i.uuid for i in await store.list_instances(Query(until=t - 60))] == [a.uuid]
+        assert [i.uuid for i in await store.list_instances(Query(instance=b))] == [b.uuid]
+        assert [i.uuid for i in await store.list_instances(Query(limit=2))] == [b.uuid, c.uuid]
+
+    async def test_clear_instances_keeps_running_ones(self, store: Store) -> None:
+        a, b = _inst(), _inst()
+        await store.enqueue([a, b])
+        await store.claim("n1", 1, 30.0)
+        assert await store.clear_instances(Query()) == 1
+        left = await store.list_instances(Query())
+        assert [i.uuid for i in left] == [a.uuid]
+        assert await store.claim("n1", 10, 30.0) == []
+
+    # -- history and logs --------------------------------------------------------------------------------
+    async def test_history_query_and_clear(self, store: Store) -> None:
+        a, b = _inst("alpha"), _inst("beta")
+        await store.enqueue([a])
+        mid = time.time()
+        await anyio.sleep(0.01)
+        await store.enqueue([b])
+        hist = await store.lookup_history(Query())
+        assert [h.ts for h in hist] == sorted(h.ts for h in hist)
+        assert {h.uuid for h in await store.lookup_history(Query(kind="beta"))} == {b.uuid}
+        assert {h.uuid for h in await store.lookup_history(Query(since=mid))} == {b.uuid}
+        assert {h.uuid for h in await store.lookup_history(Query(until=mid))} == {a.uuid}
+        assert _states(await store.lookup_history(Query(state=State.CREATED))) == [State.CREATED] * 2
+        assert len(await store.lookup_history(Query(limit=1))) == 1
+        assert await store.clear_history(Query(instance=a)) == 2
+        assert await store.lookup_history(Query(instance=a)) == []
+        assert len(await store.lookup_history(Query(instance=b))) == 2
+
+    async def test_logs_append_query_clear(self, store: Store) -> None:
+        t = time.time()
+        recs = [LogRecord("u1", "alpha", LogLevel.INFO, "one", t - 2, 1, "n1"),
+                LogRecord("u1", "alpha", LogLevel.WARN, "two ünï", t - 1, 1, "n1"),
+                LogRecord("u2", "beta", LogLevel.ERROR, "three", t, 2, "n2")]
+        await store.append_logs(recs[2:])
+        await store.append_logs(recs[:2])
+        got = await store.lookup_logs(Query())
+        assert [(r.message, r.level, r.attempt, r.node) for r in got] == [
+            ("one", LogLevel.INFO, 1, "n1"), ("two ünï", LogLevel.WARN, 1, "n1"), ("three", LogLevel.ERROR, 2, "n2")]
+        assert [r.message for r in await store.lookup_logs(Query(instance="u1"))] == ["one", "two ünï"]
+        assert [r.message for r in await store.lookup_logs(Query(kind="beta"))] == ["three"]
+        assert [r.message for r in await store.lookup_logs(Query(since=t - 1.5, until=t - 0.5))] == ["two ünï"]
+        assert await store.clear_logs(Query(until=t - 0.5)) == 2
+        assert [r.message for r in await store.lookup_logs(Query())] == ["three"]
+
+    async def test_corrupt_records_is_a_list(self, store: Store) -> None:
+        assert isinstance(await store.corrupt_records(), list)
+
+    # -- two nodes on one store, through the Manager --------------------------------------------------
+    async def test_two_managers_run_each_instance_once(self, make_store: Callable[[], Store]) -> None:
+        ran: dict[int, int] = {}
+        done = anyio.Event()
+        n = 400
+
+        async def body(i: int) -> int:
+            ran[i] = ran.get(i, 0) + 1
+            if len(ran) == n:
+                done.set()
+            await anyio.sleep(0)
+            return i
+
+        job = Job(kind="conformance.once", executor=body)
+        async with Manager(make_store(), num_workers=4, node_id="node-a", autoload_plugins=False) as a, \
+                Manager(make_store(), num_workers=4, node_id="node-b", autoload_plugins=False) as b:
+            await a.clear_instance_history(Query())
+            await b.register_job(Job(kind="conformance.once", executor=body))
+            insts = await a.schedule_many(job, [(i,) for i in range(n)])
+            with anyio.fail_after(30):
+                await done.wait()
+                for inst in insts[-5:]:
+                    await a.wait(inst, timeout=10)
+            assert sorted(ran) == list(range(n)) and set(ran.values()) == {1}
+            nodes = {h.node for h in await a.lookup_instance_history(Query(state=State.PROCESSING))}
+            assert nodes == {"node-a", "node-b"}
+
+    async def test_dead_node_instance_reruns_elsewhere(self, make_store: Callable[[], Store]) -> None:
+        started = anyio.Event()
+        attempts: list[str] = []
+
+        async def body(mgr: Manager) -> str:
+            attempts.append(mgr.node_id)
+            if mgr.node_id == "doomed":
+                started.set()
+                await anyio.sleep(3600)
+            return mgr.node_id
+
+        lease = self.short_lease * 2
+        doomed = Manager(make_store(), num_workers=1, node_id="doomed", lease_time=lease, autoload_plugins=False)
+        await doomed.start()
+        stopped = False
+        try:
+            inst = await doomed.schedule_job(Job(kind="conformance.dead", executor=body))
+            with anyio.fail_after(10):
+                await started.wait()
+            await doomed.stop(abandon=True)
+            stopped = True
+            async with Manager(make_store(), num_workers=1, node_id="survivor", lease_time=lease,
+                               autoload_plugins=False) as survivor:
+                await survivor.register_job(Job(kind="conformance.dead", executor=body))
+                done = await survivor.wait(inst, timeout=lease * 4 + 10)
+                assert done.state is State.COMPLETED and done.result == "survivor" and done.attempts == 2
+                hist = await survivor.lookup_instance_history(Query(instance=inst))
+                states = [(h.state, h.node) for h in hist]
+                assert states[:3] == [(State.CREATED, "doomed"), (State.SCHEDULED, "doomed"),
+                                      (State.PROCESSING, "doomed")]
+                assert states[-2:] == [(State.PROCESSING, "survivor"), (State.COMPLETED, "survivor")]
+                abandoned = [h for h in hist if h.state is State.SCHEDULED and h.detail]
+                assert abandoned and "doomed" in (abandoned[0].detail or "")
+            assert attempts == ["doomed", "survivor"]
+        finally:
+            if not stopped:
+                await doomed.stop(abandon=True)
+
+    async def test_cancel_from_another_node_stops_running_instance(self, make_store: Callable[[], Store]) -> None:
+        started = anyio.Event()
+
+        async def body() -> None:
+            started.set()
+            await anyio.sleep(3600)
+
+        async with Manager(make_store(), num_workers=1, node_id="runner", autoload_plugins=False) as runner, \
+                Manager(make_store(), num_workers=0, node_id="operator", autoload_plugins=False) as operator:
+            inst = await runner.schedule_job(Job(kind="conformance.cancel", executor=body))
+            with anyio.fail_after(10):
+                await started.wait()
+            t0 = time.monotonic()
+            await operator.cancel_instance(inst)
+            done = await operator.wait(inst, timeout=runner.lease_time)
+            assert done.state is State.CANCELED
+            assert time.monotonic() - t0 < runner.lease_time / 3 + 5
+            assert runner.workers[0].current is None or runner.workers[0].current.uuid != inst.uuid
