@@ -168,7 +168,7 @@ async def run_throughput(n: int, workers: int, executor: str, sched: str) -> dic
     c = _Counter(n, threaded=executor == "sync")
     kind = f"noop-{executor}"
     job = _make_job(kind, executor, c)
-    async with Manager(store="memory://", num_workers=workers, autoload_plugins=False) as mgr:
+    async with Manager(store="memory://", num_workers=workers) as mgr:
         for k in range(WARMUP):
             await mgr.schedule_job(job, arguments=(-1 - k,))
         with anyio.fail_after(60):
@@ -231,7 +231,7 @@ async def run_latency(n: int, workers: int, executor: str, seed: int) -> dict[st
 
     rng = random.Random(seed)
     before = [0.0] * n
-    async with Manager(store="memory://", num_workers=workers, autoload_plugins=False) as mgr:
+    async with Manager(store="memory://", num_workers=workers) as mgr:
         for k in range(WARMUP):  # warm the path (and the thread pool); not measured
             events[0] = None
             await mgr.wait(await mgr.schedule_job(job, arguments=(0,)), timeout=30)
@@ -433,7 +433,7 @@ def render(args: argparse.Namespace, machine: dict[str, Any], res: dict[str, Any
         sel = pick("ceiling", executor)
         m = _med(sel, "jobs_per_s")
         if m is not None:
-            lines.append(f"| ceiling measured here: bare anyio heap+waiters, {executor} | — | "
+            lines.append(f"| bare loop measured here (--ceiling; see README), {executor} | — | "
                          f"~{ISSUE_CEILING[executor]:,} | {m[0]:,.0f} ({m[1]:,.0f}-{m[2]:,.0f}) | — | "
                          f"{sum(1 for r in sel if r['ok'])}/{len(sel)} |")
     tps = [r for r in runs if r["mode"] == "throughput"]

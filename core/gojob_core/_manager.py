@@ -477,6 +477,7 @@ class Manager:
                                   state=State.SCHEDULED, max_retries=retries, timeout=tmo_s, created_ts=ts,
                                   ready_ts=ready, crontab_spec=cron.spec if cron else None,
                                   timezone=cron.tz_name if cron else None, schedule_id=sid))
+            insts[-1]._sink = self._log_sink
         if backoff_strategy is not None or terminate_processor is not None:
             ov = _Overrides(backoff_strategy, terminate_processor)
             for inst in insts:

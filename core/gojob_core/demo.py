@@ -47,7 +47,7 @@ async def show(mgr: gojob.Manager, inst: gojob.Instance) -> None:
     print("  history:")
     print(f"    {'time':<12}  {'state':<10}  {'attempt':>7}  detail")
     for rec in await mgr.lookup_instance_history(gojob.Query(instance=inst)):
-        print(f"    {_clock(rec.timestamp):<12}  {rec.state.value:<10}  {rec.attempt:>7}  {rec.detail or ''}")
+        print(f"    {_clock(rec.timestamp):<12}  {rec.state.value:<10}  {rec.attempt:>7}  {rec.detail or ''}".rstrip())
     logs = await mgr.lookup_instance_logs(gojob.Query(instance=inst))
     print("  log:" if logs else "  log: (empty)")
     for line in logs:
@@ -81,7 +81,7 @@ async def demo_arguments(mgr: gojob.Manager) -> None:
 # -- b. retries: fail once, then succeed ------------------------------------------------------------------
 def flaky(inst: gojob.Instance, name: str) -> str:
     # ``inst`` is injected (it is not one of the arguments); attempts is 1 on the first run.
-    inst.infof("attempt %d for %s", inst.attempts, name)
+    inst.infof("calling upstream for %s", name)
     if inst.attempts == 1:
         raise ConnectionError("upstream not ready yet")
     return f"hello, {name}"
@@ -120,7 +120,11 @@ async def demo_cron(mgr: gojob.Manager) -> None:
 async def demo_priority(mgr: gojob.Manager) -> None:
     section("d. priorities: five instances queued on an empty pool, then one worker")
     order: list[str] = []
-    job = gojob.Job(kind="task", executor=order.append)
+
+    def task(name: str) -> None:
+        order.append(name)
+
+    job = gojob.Job(kind="task", executor=task)
     await mgr.resize_workers(0)                 # nobody claims work while we queue it
     for name, priority in [("backup", 200), ("report", 50), ("urgent", 0), ("cleanup", 100), ("email", 10)]:
         await mgr.schedule_job(job, arguments=(name,), priority=priority)
@@ -175,7 +179,8 @@ async def demo_cancel(mgr: gojob.Manager) -> None:
     await anyio.sleep(0.35)
     await mgr.cancel_instance(inst)
     await mgr.wait(inst, timeout=2)
-    await anyio.sleep(0.15)                     # let the thread write its last log line
+    # The instance is CANCELED at once; the thread notices within its ctx.sleep() and logs a last line.
+    await anyio.sleep(0.15)
     await show(mgr, inst)
 
 
