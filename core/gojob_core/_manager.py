@@ -7,6 +7,7 @@ share its queue, history and logs; each instance runs on one node at a time, und
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import inspect
 import json
@@ -315,7 +316,7 @@ class Manager:
         if not isinstance(job, Job):
             raise InvalidJobError(f"register_job expects a gojob.Job, got {job!r}")
         other = self._jobs.get(job.kind)
-        if other is not None and other is not job:
+        if other is not None and not _same_definition(other, job):
             raise InvalidJobError(f"another job is already registered under kind {job.kind!r}; "
                                   "unregister it first")
         if job._signature is None:
@@ -404,7 +405,7 @@ class Manager:
             raise InvalidJobError(f"schedule_job expects a gojob.Job, got {job!r}")
         kind = job.kind
         registered = self._jobs.get(kind)
-        if registered is not None and registered is not job:
+        if registered is not None and not _same_definition(registered, job):
             raise InvalidJobError(f"another job is already registered under kind {kind!r}; "
                                   "schedule it with schedule_registered_job or unregister it first")
         sig = job._signature or ExecutorSignature.of(kind, job.executor, self._injectable)
@@ -464,6 +465,8 @@ class Manager:
         # -- write --
         if registered is None:
             await self.register_job(job)
+        else:
+            job = registered
         insts = []
         for args, kwargs in bound:
             if cron is not None:
@@ -883,6 +886,13 @@ class Manager:
 def _check_workers(n: object) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {n!r}")
+
+
+def _same_definition(a: Job, b: Job) -> bool:
+    """Two Job objects define the same job if every field is equal (executors by identity)."""
+    if a is b:
+        return True
+    return all(getattr(a, f.name) == getattr(b, f.name) for f in dataclasses.fields(Job) if f.init)
 
 
 def _timing_given(options: dict[str, Any]) -> bool:

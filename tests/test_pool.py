@@ -1,0 +1,124 @@
+"""Ordering on one worker, and resizing the pool under load without losing or doubling an instance."""
+
+from __future__ import annotations
+
+import random
+
+import anyio
+import pytest
+
+from gojob_core import Job, Manager, Query, State
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_one_thousand_instances_run_in_priority_then_fifo_order() -> None:
+    ran: list[int] = []
+
+    async def record(i: int) -> None:
+        ran.append(i)
+
+    rng = random.Random(7)
+    priorities = [rng.choice([-10, 0, 0, 5, 100, 3]) for _ in range(1000)]
+    async with Manager(num_workers=1) as mgr:
+        await mgr.resize_workers(0)
+        job = Job(kind="ordered", executor=record)
+        half = await mgr.schedule_many(job, [(i,) for i in range(500)], priority=None)
+        # per-instance priorities: one schedule call each, as a user would
+        insts = []
+        for i in range(1000):
+            insts.append(await mgr.schedule_job(job, arguments=(i + 1000,), priority=priorities[i]))
+        await mgr.resize_workers(1)
+        for inst in [*half, *insts][-3:]:
+            await mgr.wait(inst, timeout=30)
+        with anyio.fail_after(30):
+            while len(ran) < 1500:
+                await anyio.sleep(0.01)
+    expected = sorted(range(1500), key=lambda i: (0 if i < 1000 and i < 500 else priorities[i - 1000]
+                                                  if i >= 1000 else 0, i))
+    expected = sorted([*range(500), *range(1000, 2000)],
+                      key=lambda i: (priorities[i - 1000] if i >= 1000 else 0, i))
+    assert ran == expected
+
+
+async def test_resize_under_load_runs_every_instance_exactly_once() -> None:
+    counts: dict[int, int] = {}
+    running = 0
+    peak = 0
+
+    async def work(i: int) -> int:
+        nonlocal running, peak
+        counts[i] = counts.get(i, 0) + 1
+        running += 1
+        peak = max(peak, running)
+        try:
+            await anyio.sleep(0.002)
+        finally:
+            running -= 1
+        return i
+
+    n = 2000
+    async with Manager(num_workers=2) as mgr:
+        insts = await mgr.schedule_many(Job(kind="resize", executor=work), [(i,) for i in range(n)])
+        for size in (16, 1, 8):
+            await anyio.sleep(0.15)
+            await mgr.resize_workers(size)
+            assert mgr.num_workers == size
+        with anyio.fail_after(60):
+            while len(counts) < n:
+                await anyio.sleep(0.02)
+        for inst in insts[-10:]:
+            await mgr.wait(inst, timeout=10)
+        done = await mgr.lookup_instances(Query(kind="resize", state=State.COMPLETED))
+        assert len(done) == n
+        assert all(i.attempts == 1 for i in done)
+    assert sorted(counts) == list(range(n)) and set(counts.values()) == {1}
+    assert peak <= 16
+
+
+async def test_shrinking_lets_running_instances_finish() -> None:
+    release = anyio.Event()
+    started: list[int] = []
+
+    async def hold(i: int) -> int:
+        started.append(i)
+        await release.wait()
+        return i
+
+    async with Manager(num_workers=4) as mgr:
+        insts = await mgr.schedule_many(Job(kind="hold", executor=hold), [(i,) for i in range(4)])
+        with anyio.fail_after(10):
+            while len(started) < 4:
+                await anyio.sleep(0.01)
+        await mgr.resize_workers(1)
+        release.set()
+        results = [(await mgr.wait(i, timeout=10)) for i in insts]
+        assert [r.state for r in results] == [State.COMPLETED] * 4
+        assert all(r.attempts == 1 for r in results)
+        with anyio.fail_after(5):
+            while len(mgr.workers) != 1:
+                await anyio.sleep(0.01)
+
+
+async def test_graceful_stop_hands_back_unfinished_work() -> None:
+    from gojob_core import MemoryStore
+
+    store = MemoryStore()
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await anyio.sleep(3600)
+        return "never"
+
+    mgr = Manager(store, num_workers=1, shutdown_timeout=0.2, node_id="leaving")
+    async with mgr:
+        inst = await mgr.schedule_job(Job(kind="slow", executor=slow))
+        await mgr.schedule_job(Job(kind="slow", executor=slow))
+        with anyio.fail_after(10):
+            await started.wait()
+    left = await store.get_instance(inst.uuid)
+    assert left is not None and left.state is State.SCHEDULED and left.attempts == 0
+    hist = await store.lookup_history(Query(instance=inst))
+    assert hist[-1].state is State.SCHEDULED and "released" in (hist[-1].detail or "")
+    assert [i.state for i in await store.list_instances(Query())] == [State.SCHEDULED] * 2
