@@ -164,7 +164,7 @@ async def _await_history(mgr: Manager, kind: str, expected: int, timeout: float 
 
 
 # -- throughput --------------------------------------------------------------------------------------------
-async def run_throughput(n: int, workers: int, executor: str, sched: str) -> dict[str, Any]:
+async def run_throughput(n: int, workers: int, executor: str, sched: str, profiler: Any = None) -> dict[str, Any]:
     c = _Counter(n, threaded=executor == "sync")
     kind = f"noop-{executor}"
     job = _make_job(kind, executor, c)
@@ -174,6 +174,8 @@ async def run_throughput(n: int, workers: int, executor: str, sched: str) -> dic
         with anyio.fail_after(60):
             await c.warm_done.wait()
         await anyio.sleep(0.2)  # let the warm-up instances finish; the pool is idle at t0
+        if profiler is not None:
+            profiler.enable()
         t0 = time.perf_counter()
         if sched == "one":
             for i in range(n):
@@ -183,6 +185,8 @@ async def run_throughput(n: int, workers: int, executor: str, sched: str) -> dic
         t_enq = time.perf_counter()
         await c.done.wait()
         t_end = time.perf_counter()
+        if profiler is not None:
+            profiler.disable()
         # outside the timing: every instance finished, history written, nothing ran twice
         history = await _await_history(mgr, kind, n + WARMUP)
         await anyio.sleep(0.3)
@@ -352,7 +356,40 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 out["runs"].append(rec)
                 _progress(rec)
     out["peak_rss_end_mb"] = round(_peak_rss_mb(), 1)
+    if args.profile:
+        out["profiled"] = await profile_runs(args)
     return out
+
+
+async def profile_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One extra run per throughput mode under cProfile (timed window only); not in the medians."""
+    import cProfile
+    import pstats
+
+    os.makedirs(args.profile, exist_ok=True)
+    done = []
+    for executor, sched in THROUGHPUT_MODES:
+        if args.only and executor not in args.only:
+            continue
+        gc.collect()
+        prof = cProfile.Profile()
+        rec = await run_throughput(args.n, args.workers, executor, sched, profiler=prof)
+        path = os.path.join(args.profile, f"{executor}-{sched}.prof")
+        prof.dump_stats(path)
+        rec.update(rep=0, profile=path)
+        done.append(rec)
+        print(f"  profiled {executor} {sched}: {rec['jobs_per_s']:,.0f} jobs/s under cProfile -> {path}",
+              file=sys.stderr, flush=True)
+        stats = pstats.Stats(prof)
+        total = stats.total_tt  # type: ignore[attr-defined]
+        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:args.profile_top]  # type: ignore[attr-defined]
+        print(f"    top {args.profile_top} by own time (us per job under cProfile; share of profiled time):",
+              file=sys.stderr)
+        for (fname, line, func), (_cc, nc, tt, ct, _callers) in rows:
+            where = f"{os.path.basename(fname)}:{line}({func})" if line else func
+            print(f"    {tt / args.n * 1e6:7.2f} us  {100 * tt / total:5.1f}%  calls/job {nc / args.n:5.2f}  "
+                  f"cum {ct / args.n * 1e6:7.2f} us  {where}", file=sys.stderr)
+    return done
 
 
 def _progress(rec: dict[str, Any]) -> None:
@@ -474,6 +511,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=12345, help="latency gaps seed (default 12345)")
     ap.add_argument("--ceiling", action="store_true",
                     help="also time a bare anyio heap-and-waiters loop doing the same work (same N)")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="after the measured runs, one extra run per throughput mode under cProfile "
+                         "(timed window only) -> DIR/<executor>-<schedule>.prof, top costs on stderr")
+    ap.add_argument("--profile-top", type=int, default=15, help="functions listed per profile (default 15)")
     ap.add_argument("--only", choices=("async", "sync"), action="append",
                     help="run only this executor kind (repeatable)")
     args = ap.parse_args()

@@ -16,6 +16,8 @@ from .errors import JobCanceledError, JobTimeoutError
 
 __all__ = ["Context"]
 
+_LOCK = threading.Lock()
+
 
 class Context:
     """Cancellation and deadline of one attempt, safe to read from any thread."""
@@ -26,13 +28,24 @@ class Context:
         self.timeout = timeout
         #: ``time.monotonic()`` value at which the attempt times out, or None.
         self.deadline = time.monotonic() + timeout if timeout is not None else None
-        self._done = threading.Event()
+        self._done: threading.Event | None = None  # made on first wait: most attempts never wait
         self._reason: str | None = None
+
+    def _event(self) -> threading.Event:
+        ev = self._done
+        if ev is None:
+            with _LOCK:
+                if self._done is None:
+                    self._done = threading.Event()
+                    if self._reason is not None:
+                        self._done.set()
+                ev = self._done
+        return ev
 
     @property
     def cancelled(self) -> bool:
         """True once the attempt was canceled or timed out: the executor should stop."""
-        return self._done.is_set()
+        return self._reason is not None
 
     @property
     def reason(self) -> str | None:
@@ -51,17 +64,20 @@ class Context:
         rem = self.remaining()
         if rem is not None:
             limit = min(limit, rem)
-        woke = self._done.wait(limit)
+        woke = self._event().wait(limit)
         return woke or (rem is not None and rem <= seconds)
 
     def raise_if_cancelled(self) -> None:
         """Raise JobTimeoutError or JobCanceledError if the attempt must stop."""
         if self._reason == "timed out" or (self.deadline is not None and time.monotonic() >= self.deadline):
             raise JobTimeoutError(f"attempt timed out after {self.timeout}s")
-        if self._done.is_set():
+        if self._reason is not None:
             raise JobCanceledError("instance canceled")
 
     def _stop(self, reason: str) -> None:
         if self._reason is None:
             self._reason = reason
-        self._done.set()
+        with _LOCK:
+            ev = self._done
+        if ev is not None:
+            ev.set()

@@ -15,6 +15,7 @@ from ._time import from_epoch
 
 __all__ = ["Instance"]
 
+_new = object.__new__
 LogSink = Callable[["Instance", LogLevel, str], None]
 
 _FIELDS = (
@@ -163,9 +164,29 @@ class Instance:
     # -- plumbing --------------------------------------------------------------------------------
     def copy(self) -> Instance:
         """A shallow copy (stores hand out copies so callers never alias stored records)."""
-        new = Instance.__new__(Instance)
-        for name in _FIELDS:
-            object.__setattr__(new, name, getattr(self, name))
+        new = _new(Instance)
+        new.uuid = self.uuid
+        new.kind = self.kind
+        new.args = self.args
+        new.kwargs = self.kwargs
+        new.priority = self.priority
+        new.state = self.state
+        new.attempts = self.attempts
+        new.max_retries = self.max_retries
+        new.timeout = self.timeout
+        new.created_ts = self.created_ts
+        new.ready_ts = self.ready_ts
+        new.started_ts = self.started_ts
+        new.finished_ts = self.finished_ts
+        new.result = self.result
+        new.error = self.error
+        new.node = self.node
+        new.lease_ts = self.lease_ts
+        new.cancel_requested = self.cancel_requested
+        new.crontab_spec = self.crontab_spec
+        new.timezone = self.timezone
+        new.schedule_id = self.schedule_id
+        new.seq = self.seq
         new._sink = None
         return new
 

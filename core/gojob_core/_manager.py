@@ -231,6 +231,7 @@ class Manager:
             self._started = True
             self._stopping = False
             self._handed_back = False
+            self.plugins.freeze()
             for job in self.plugins.jobs(self):
                 if job.kind not in self._jobs:
                     await self.register_job(job)
@@ -287,15 +288,17 @@ class Manager:
         finally:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
-            # not shielded: the task group's scope must be the current one when it exits
-            await stack.__aexit__(None, None, None)
-            self._send.close()
-            self._recv.close()
-            self._tg = None
-            self._started = False
-            self._running.clear()
-            self._in_flight = 0
-            self._workers.clear()
+            try:
+                # not shielded: the task group's scope must be the current one when it exits
+                await stack.__aexit__(None, None, None)
+            finally:
+                self._send.close()
+                self._recv.close()
+                self._tg = None
+                self._started = False
+                self._running.clear()
+                self._in_flight = 0
+                self._workers.clear()
 
     async def _wait_idle(self) -> None:
         if self._idle is None:
@@ -559,16 +562,25 @@ class Manager:
         recurring schedule cancels the schedule. A cancel is final: no retry follows.
         """
         uid = _uuid_of(instance)
+        before = await self.store.get_instance(uid)
+        if before is None:
+            raise InstanceNotFoundError(uid)
+        waiting: list[Instance] = [before] if before.state in (State.CREATED, State.SCHEDULED) else []
+        if before.schedule_id is not None:  # the whole schedule goes: its waiting occurrences too
+            waiting = await self.store.list_instances(Query(schedule_id=before.schedule_id,
+                                                            state=[State.CREATED, State.SCHEDULED]))
         inst = await self.store.cancel(uid, node=self.node_id)
         if inst is None:
             raise InstanceNotFoundError(uid)
         run = self._running.get(uid)
         if run is not None:
             run.stop("canceled")
-        elif inst.state is State.CANCELED:
-            job = self._jobs.get(inst.kind)
-            if job is not None and (inst.finished_ts or 0) >= now() - 1:
-                await self._state_changed(inst, State.CANCELED, job)
+        for w in waiting:  # report the transitions the store made, once each
+            job = self._jobs.get(w.kind)
+            now_w = inst if w.uuid == uid else await self.store.get_instance(w.uuid)
+            if job is not None and now_w is not None and now_w.state is State.CANCELED:
+                now_w._sink = self._log_sink
+                await self._state_changed(now_w, State.CANCELED, job)
         inst._sink = self._log_sink
         return inst
 
@@ -792,7 +804,12 @@ class Manager:
                           kwargs=inst.kwargs, priority=inst.priority, state=State.SCHEDULED,
                           max_retries=inst.max_retries, timeout=inst.timeout, created_ts=now(), ready_ts=nxt,
                           crontab_spec=inst.crontab_spec, timezone=inst.timezone, schedule_id=inst.schedule_id)
-        await self.store.enqueue([follow], node=self.node_id, chained=True)
+        [added] = await self.store.enqueue([follow], node=self.node_id, chained=True)
+        job = self._jobs.get(inst.kind)
+        if added and job is not None:
+            follow._sink = self._log_sink
+            await self._state_changed(follow, State.CREATED, job)
+            await self._state_changed(follow, State.SCHEDULED, job)
 
     async def _state_changed(self, inst: Instance, state: State, job: Job) -> None:
         self.plugins.state_changed(self, inst, state)
@@ -836,7 +853,7 @@ class Manager:
                 self._report(f"reclaim of expired leases failed: {exc!r}")
                 continue
             if reclaimed:
-                self.metrics.reclaimed.inc(len(reclaimed))
+                self.metrics.add_reclaimed(len(reclaimed))
                 self._wake_dispatcher()
 
     async def _cancel_listener(self) -> None:
@@ -858,10 +875,7 @@ class Manager:
     async def _metrics_loop(self) -> None:
         while True:
             try:
-                counts: dict[str, int] = {}
-                for inst in await self.store.list_instances(Query(state=State.SCHEDULED)):
-                    counts[inst.kind] = counts.get(inst.kind, 0) + 1
-                self.metrics.set_queued(counts)
+                self.metrics.set_queued(await self.store.queue_counts())
             except (StoreError, OSError) as exc:
                 self._report(f"reading queue sizes failed: {exc!r}")
             await anyio.sleep(5.0)

@@ -299,6 +299,13 @@ class MemoryStore(Store):
             found.sort(key=lambda i: (i.created_ts, i.uuid))
         return [i.copy() for i in query.apply_limit(found)]
 
+    async def queue_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for inst in self._instances.values():
+            if inst.state is State.SCHEDULED:
+                counts[inst.kind] = counts.get(inst.kind, 0) + 1
+        return counts
+
     async def clear_instances(self, query: Query) -> int:
         gone = [u for u, i in self._instances.items()
                 if query.matches_instance(i) and i.state is not State.PROCESSING]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
     from .abc import Store
 
 __all__ = ["ENTRY_POINT_GROUP", "Plugins"]
+
+_log = logging.getLogger("gojob")
+
+
+def _hook_failed(hook: str, instance: Instance, exc: Exception) -> None:
+    _log.error("plugin hook %s raised for instance %s of job %r", hook, instance.uuid, instance.kind, exc_info=exc)
+    try:
+        instance.errorf("plugin hook %s raised %s: %s", hook, type(exc).__name__, exc)
+    except RuntimeError:  # an instance not attached to a manager
+        pass
 
 ENTRY_POINT_GROUP = "gojob"
 
@@ -48,6 +59,21 @@ class Plugins:
         pm.check_pending()
         self.pm = pm
         self._hook = pm.hook
+        self._state_changed_impls: list[tuple[Any, tuple[int, ...]]] | None = None
+        self._completed_impls: list[tuple[Any, tuple[int, ...]]] | None = None
+
+    def freeze(self) -> None:
+        """Resolve the per-instance hooks once (called at Manager start): they run several times per
+        instance, so they skip pluggy's generic dispatch when no implementation is a wrapper."""
+        self._state_changed_impls = self._direct("gojob_instance_state_changed", ("manager", "instance", "state"))
+        self._completed_impls = self._direct("gojob_instance_completed", ("manager", "instance", "results"))
+
+    def _direct(self, name: str, argorder: tuple[str, ...]) -> list[tuple[Any, tuple[int, ...]]] | None:
+        impls = getattr(self._hook, name).get_hookimpls()
+        if any(i.hookwrapper or i.wrapper for i in impls):
+            return None
+        # pluggy calls the last registered first, passing only the arguments each one names
+        return [(i.function, tuple(argorder.index(a) for a in i.argnames)) for i in reversed(impls)]
 
     # -- registration ------------------------------------------------------------------------------
     def store_classes(self) -> dict[str, type[Store]]:
@@ -84,18 +110,46 @@ class Plugins:
         return runner  # type: ignore[no-any-return]
 
     # -- per instance ------------------------------------------------------------------------------
+    # A plugin's bug must not take the node down or strand an instance: per-instance hooks that raise
+    # are reported (on the instance's log and the "gojob" logger) and the instance goes on.
     def state_changed(self, manager: Manager, instance: Instance, state: State) -> None:
-        self._hook.gojob_instance_state_changed(manager=manager, instance=instance, state=state)
+        impls = self._state_changed_impls
+        try:
+            if impls is None:
+                self._hook.gojob_instance_state_changed(manager=manager, instance=instance, state=state)
+                return
+            args = (manager, instance, state)
+            for fn, idx in impls:
+                fn(*[args[i] for i in idx])
+        except Exception as exc:
+            _hook_failed("gojob_instance_state_changed", instance, exc)
 
     def completed(self, manager: Manager, instance: Instance, results: list[Any]) -> None:
-        self._hook.gojob_instance_completed(manager=manager, instance=instance, results=results)
+        impls = self._completed_impls
+        try:
+            if impls is None:
+                self._hook.gojob_instance_completed(manager=manager, instance=instance, results=results)
+                return
+            args = (manager, instance, results)
+            for fn, idx in impls:
+                fn(*[args[i] for i in idx])
+        except Exception as exc:
+            _hook_failed("gojob_instance_completed", instance, exc)
 
     def terminated(self, manager: Manager, instance: Instance, error: BaseException) -> BaseException | bool | None:
-        return self._hook.gojob_instance_terminated(  # type: ignore[no-any-return]
-            manager=manager, instance=instance, error=error)
+        try:
+            return self._hook.gojob_instance_terminated(  # type: ignore[no-any-return]
+                manager=manager, instance=instance, error=error)
+        except Exception as exc:
+            _hook_failed("gojob_instance_terminated", instance, exc)
+            return None
 
     def backoff_delay(self, instance: Instance) -> float | None:
-        return self._hook.gojob_backoff_delay(instance=instance)  # type: ignore[no-any-return]
+        try:
+            return self._hook.gojob_backoff_delay(instance=instance)  # type: ignore[no-any-return]
+        except Exception as exc:
+            _hook_failed("gojob_backoff_delay", instance, exc)
+            return None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def manager_started(self, manager: Manager) -> None:

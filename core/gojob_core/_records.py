@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._state import LogLevel, State
 from ._time import from_epoch, to_epoch
@@ -16,9 +16,11 @@ if TYPE_CHECKING:
 __all__ = ["LogRecord", "Query", "StateRecord"]
 
 
-@dataclass(frozen=True, slots=True)
-class StateRecord:
-    """One state transition of one instance: written by the store in the same step as the change."""
+class StateRecord(NamedTuple):
+    """One state transition of one instance: written by the store in the same step as the change.
+
+    A named tuple: the store writes several per instance, so it must be cheap to make.
+    """
 
     uuid: str
     kind: str
@@ -33,7 +35,7 @@ class StateRecord:
         """When the transition happened (aware, UTC)."""
         return from_epoch(self.ts)  # type: ignore[return-value]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {"uuid": self.uuid, "kind": self.kind, "state": self.state.value, "ts": self.ts,
                 "attempt": self.attempt, "node": self.node, "detail": self.detail}
 
@@ -43,8 +45,7 @@ class StateRecord:
                    attempt=int(d.get("attempt") or 0), node=d.get("node"), detail=d.get("detail"))
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(NamedTuple):
     """One log line of one instance (``inst.infof`` / ``warnf`` / ``errorf``)."""
 
     uuid: str
@@ -60,7 +61,7 @@ class LogRecord:
         """When the line was logged (aware, UTC)."""
         return from_epoch(self.ts)  # type: ignore[return-value]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:  # type: ignore[override]
         return {"uuid": self.uuid, "kind": self.kind, "level": self.level.value, "message": self.message,
                 "ts": self.ts, "attempt": self.attempt, "node": self.node}
 
@@ -111,8 +112,16 @@ class Query:
         object.__setattr__(self, "uuid", uuid)
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "states", states)
-        object.__setattr__(self, "since_ts", None if since is None else to_epoch(since, what="query since"))
-        object.__setattr__(self, "until_ts", None if until is None else to_epoch(until, what="query until"))
+        # a datetime has microsecond resolution: widen its bound by half a microsecond so that a
+        # record's own timestamp, turned into a datetime and back, still matches inclusively
+        since_ts = None if since is None else to_epoch(since, what="query since")
+        until_ts = None if until is None else to_epoch(until, what="query until")
+        if isinstance(since, _dt.datetime):
+            since_ts -= 5e-7  # type: ignore[operator]
+        if isinstance(until, _dt.datetime):
+            until_ts += 5e-7  # type: ignore[operator]
+        object.__setattr__(self, "since_ts", since_ts)
+        object.__setattr__(self, "until_ts", until_ts)
         object.__setattr__(self, "limit", limit)
         object.__setattr__(self, "schedule_id", schedule_id)
 

@@ -179,6 +179,16 @@ class Store(abc.ABC):
     async def clear_instances(self, query: Query) -> int:
         """Remove matching instances that are not running; returns how many were removed."""
 
+    async def queue_counts(self) -> dict[str, int]:
+        """How many instances wait in the queue (SCHEDULED, due or delayed), by kind.
+
+        The default counts :meth:`list_instances`; stores that keep counters override it.
+        """
+        counts: dict[str, int] = {}
+        for inst in await self.list_instances(Query(state=State.SCHEDULED)):
+            counts[inst.kind] = counts.get(inst.kind, 0) + 1
+        return counts
+
     async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
         """Wait until the instance is final (or the timeout passes); returns it as it then is.
 
