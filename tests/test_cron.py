@@ -312,10 +312,6 @@ async def test_cancel_recurring_schedule_fires_hooks_for_the_canceled_occurrence
         assert [s for u, s in seen if u == first.uuid] == [State.CREATED, State.SCHEDULED, State.CANCELED]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: canceling a recurring schedule through an occurrence that is already "
-                   "final (Manager.cancel_instance) moves the pending occurrence to CANCELED in the store, but no "
-                   "state-change processor/hook sees that transition (cancel_instance only fires hooks for the "
-                   "instance it was given)")
 async def test_cancel_schedule_through_a_final_occurrence_fires_hooks_for_the_pending_one() -> None:
     seen: list[tuple[str, State]] = []
 
@@ -337,9 +333,6 @@ async def test_cancel_schedule_through_a_final_occurrence_fires_hooks_for_the_pe
         assert (nxt.uuid, State.CANCELED) in seen  # ... but no hook or processor was told
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the CREATED and SCHEDULED transitions of a chained cron occurrence "
-                   "(Manager._chain_next_occurrence) are written to history but never reported to the "
-                   "state-change hooks/processor; only PROCESSING and the final state are")
 async def test_every_occurrence_reports_all_its_transitions() -> None:
     seen: list[tuple[str, State]] = []
 

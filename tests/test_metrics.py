@@ -76,8 +76,8 @@ async def exposition() -> bytes:
 
 async def test_exposition_is_the_prometheus_text_format(exposition: bytes) -> None:
     text = exposition.decode()
-    assert "# HELP go_job_executed_total" in text or "# HELP go_job_executed " in text
-    assert "# TYPE go_job_executed counter" in text
+    assert "# HELP go_job_executed_total Total number of executed jobs by kind" in text
+    assert "# TYPE go_job_executed_total counter" in text
     assert "# TYPE go_job_duration_seconds histogram" in text
     assert "# TYPE go_job_registered gauge" in text
 

@@ -777,11 +777,6 @@ class RaisingStateChanged:
             raise RuntimeError("bug in a plugin")
 
 
-@pytest.mark.xfail(strict=True, raises=BaseExceptionGroup,
-                   reason="bug: an exception raised by a plugin's per-instance hook (gojob_instance_completed, "
-                   "gojob_instance_state_changed, ...) is not caught: it escapes the worker task and crashes the "
-                   "Manager's task group (ExceptionGroup out of 'async with Manager'), leaving the instance "
-                   "PROCESSING; the job's own processors are guarded (_call_processor) but plugin hooks are not")
 @pytest.mark.parametrize("plugin", [RaisingCompleted, RaisingStateChanged])
 async def test_a_raising_hook_does_not_bring_the_manager_down(plugin: type) -> None:
     mgr = _mgr(plugin())
