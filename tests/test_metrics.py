@@ -196,10 +196,6 @@ async def test_metrics_survive_many_kinds_without_cross_talk() -> None:
     assert completed == {f"m.k{i}": i + 1 for i in range(5)}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: Manager.cancel_instance fires the CANCELED state change (hooks, "
-                   "state_change_processor, go_job_canceled_total) again when an instance that is already CANCELED "
-                   "is canceled again within a second (it decides by 'finished_ts >= now() - 1'), so a repeated "
-                   "cancel counts twice")
 async def test_canceling_twice_counts_once() -> None:
     seen: list[State] = []
     async with Manager(num_workers=1, autoload_plugins=False) as mgr:

@@ -777,18 +777,69 @@ class RaisingStateChanged:
             raise RuntimeError("bug in a plugin")
 
 
-@pytest.mark.parametrize("plugin", [RaisingCompleted, RaisingStateChanged])
-async def test_a_raising_hook_does_not_bring_the_manager_down(plugin: type) -> None:
-    mgr = _mgr(plugin())
-    try:
-        async with mgr:
-            inst = await mgr.schedule_job(Job(kind="plug.one", executor=lambda: 1))
-            done = await mgr.wait(inst, timeout=10)
-            assert done.state.is_final
-            assert mgr.running
-    finally:
-        # when the task group crashes, Manager.stop() raises before it closes its worker stream (a second
-        # bug); close it here so that the ResourceWarning does not leak into other tests
-        for stream in (mgr._send, mgr._recv):
-            if stream is not None:
-                stream.close()
+@pytest.mark.parametrize(("plugin", "hook"), [(RaisingCompleted, "gojob_instance_completed"),
+                                              (RaisingStateChanged, "gojob_instance_state_changed")])
+async def test_a_raising_hook_does_not_bring_the_manager_down(plugin: type, hook: str) -> None:
+    async with _mgr(plugin()) as mgr:
+        inst = await mgr.schedule_job(Job(kind="plug.one", executor=lambda: 1))
+        done = await mgr.wait(inst, timeout=10)
+        assert done.state is State.COMPLETED
+        assert done.result == 1
+        assert mgr.running
+        logs = await mgr.lookup_instance_logs(Query(instance=inst))
+        assert any(hook in r.message and "RuntimeError" in r.message and "bug in a plugin" in r.message
+                   for r in logs), logs
+        # the node goes on working
+        again = await mgr.wait(await mgr.schedule_registered_job("plug.one"), timeout=10)
+        assert again.state is State.COMPLETED
+
+
+@pytest.mark.xfail(strict=True, reason="bug: when one plugin's gojob_instance_state_changed raises, Plugins."
+                   "state_changed reports it but skips every implementation after it (one try around the whole "
+                   "loop / the pluggy call); calls are LIFO, so the built-in metrics plugin, registered first, "
+                   "never counts the transition (go_job_executed_total stays 0) and other plugins miss it too")
+async def test_a_raising_hook_does_not_hide_the_event_from_other_plugins() -> None:
+    rec = StateRecorder()  # registered before the raising plugin, so called after it
+    async with _mgr(rec, RaisingStateChanged()) as mgr:
+        inst = await mgr.schedule_job(Job(kind="plug.one", executor=lambda: 1))
+        await mgr.wait(inst, timeout=10)
+        text = mgr.metrics.exposition().decode()
+    executed = {s.labels["kind"]: s.value for f in text_string_to_metric_families(text)
+                if f.name == "go_job_executed" for s in f.samples if s.name == "go_job_executed_total"}
+    assert rec.states(inst) == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
+    assert executed.get("plug.one") == 1
+
+
+class RaisingBackoff:
+    @hookimpl
+    def gojob_backoff_delay(self, instance: Instance) -> float:
+        raise RuntimeError("bug in a backoff plugin")
+
+
+@pytest.mark.xfail(strict=True, reason="bug: a gojob_backoff_delay implementation that raises makes Plugins."
+                   "backoff_delay return None, which Manager._backoff turns into 0.0: the retry runs at once "
+                   "instead of after the built-in default backoff (~0.5 s), unlike a raising backoff_strategy, "
+                   "which falls back to the default")
+async def test_a_raising_backoff_plugin_falls_back_to_the_default_backoff() -> None:
+    async with _mgr(RaisingBackoff()) as mgr:
+        inst = await mgr.schedule_job(Job(kind="plug.fails", executor=_fail, max_retries=1))
+        done = await mgr.wait(inst, timeout=10)
+        starts = await _processing_times(mgr, inst)
+        logs = await mgr.lookup_instance_logs(Query(instance=inst))
+    assert done.state is State.TERMINATED
+    assert any("gojob_backoff_delay" in r.message for r in logs)
+    assert starts[1] - starts[0] >= 0.3  # the built-in default: 0.5 s +/- 20%
+
+
+async def test_a_raising_backoff_strategy_falls_back_to_the_default_backoff() -> None:
+    def strategy(instance: Instance) -> float:
+        raise RuntimeError("bug in a strategy")
+
+    async with _mgr() as mgr:
+        inst = await mgr.schedule_job(Job(kind="plug.fails", executor=_fail, max_retries=1,
+                                          backoff_strategy=strategy))
+        await mgr.wait(inst, timeout=10)
+        starts = await _processing_times(mgr, inst)
+        logs = await mgr.lookup_instance_logs(Query(instance=inst))
+    assert any("backoff_strategy raised" in r.message for r in logs)
+    assert starts[1] - starts[0] >= 0.3

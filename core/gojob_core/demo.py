@@ -1,4 +1,4 @@
-"""A five-second tour of gojob: ``python -m gojob_core.demo`` (or the ``gojob-demo`` command).
+"""A one-second tour of gojob: ``python -m gojob_core.demo`` (or the ``gojob-demo`` command).
 
 It runs one Manager on the in-memory store (no server needed) and shows, one section at a time:
 
@@ -196,10 +196,13 @@ async def tour() -> None:
         await demo_timeout(mgr)
         await demo_cancel(mgr)
 
-        section("metrics (Prometheus text; histogram buckets and *_created samples left out)")
+        section("metrics (Prometheus text, without comments, histogram buckets and per-kind zeros)")
         for line in mgr.metrics.exposition().decode().splitlines():
-            if line.startswith("go_job_") and "_bucket{" not in line and "_created" not in line:
-                print(f"  {line}")
+            if not line.startswith("go_job_") or "_bucket{" in line or "_created" in line:
+                continue
+            if "{" in line and float(line.rsplit(" ", 1)[1]) == 0:
+                continue
+            print(f"  {line}")
     print(f"\ndone in {time.monotonic() - started:.1f} s")
 
 
