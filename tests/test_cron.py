@@ -391,3 +391,15 @@ def test_every_second_spec_is_valid_for_the_manager() -> None:
     # the Manager's own validation accepts the six-field form used above
     CronSchedule(EVERY_SECOND, None, kind="k")
     assert gojob.ScheduleError is ScheduleError
+
+
+async def test_a_canceled_schedule_can_be_scheduled_again() -> None:
+    job = Job(kind="cron.reopen", executor=lambda: None)
+    async with Manager(num_workers=0, autoload_plugins=False) as mgr:
+        first = await mgr.schedule_job(job, crontab_spec="0 0 * * *", timezone="UTC")
+        await mgr.cancel_instance(first)
+        assert (await mgr.lookup_instance(first)).state is State.CANCELED
+        again = await mgr.schedule_job(job, crontab_spec="0 0 * * *", timezone="UTC")
+        assert again.state is State.SCHEDULED and again.uuid != first.uuid
+        assert again.ready_ts > first.ready_ts and again.schedule_id == first.schedule_id
+        assert (await mgr.lookup_instance(again)).state is State.SCHEDULED

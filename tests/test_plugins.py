@@ -794,10 +794,6 @@ async def test_a_raising_hook_does_not_bring_the_manager_down(plugin: type, hook
         assert again.state is State.COMPLETED
 
 
-@pytest.mark.xfail(strict=True, reason="bug: when one plugin's gojob_instance_state_changed raises, Plugins."
-                   "state_changed reports it but skips every implementation after it (one try around the whole "
-                   "loop / the pluggy call); calls are LIFO, so the built-in metrics plugin, registered first, "
-                   "never counts the transition (go_job_executed_total stays 0) and other plugins miss it too")
 async def test_a_raising_hook_does_not_hide_the_event_from_other_plugins() -> None:
     rec = StateRecorder()  # registered before the raising plugin, so called after it
     async with _mgr(rec, RaisingStateChanged()) as mgr:
@@ -816,10 +812,6 @@ class RaisingBackoff:
         raise RuntimeError("bug in a backoff plugin")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a gojob_backoff_delay implementation that raises makes Plugins."
-                   "backoff_delay return None, which Manager._backoff turns into 0.0: the retry runs at once "
-                   "instead of after the built-in default backoff (~0.5 s), unlike a raising backoff_strategy, "
-                   "which falls back to the default")
 async def test_a_raising_backoff_plugin_falls_back_to_the_default_backoff() -> None:
     async with _mgr(RaisingBackoff()) as mgr:
         inst = await mgr.schedule_job(Job(kind="plug.fails", executor=_fail, max_retries=1))

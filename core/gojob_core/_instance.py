@@ -21,7 +21,7 @@ LogSink = Callable[["Instance", LogLevel, str], None]
 _FIELDS = (
     "uuid", "kind", "args", "kwargs", "priority", "state", "attempts", "max_retries", "timeout",
     "created_ts", "ready_ts", "started_ts", "finished_ts", "result", "error", "node", "lease_ts",
-    "cancel_requested", "crontab_spec", "timezone", "schedule_id", "seq",
+    "cancel_requested", "crontab_spec", "timezone", "schedule_id", "seq", "abandoned",
 )
 
 
@@ -57,6 +57,7 @@ class Instance:
     timezone: str | None
     schedule_id: str | None
     seq: int
+    abandoned: int
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class Instance:
         timezone: str | None = None,
         schedule_id: str | None = None,
         seq: int = 0,
+        abandoned: int = 0,
     ) -> None:
         self.uuid = uuid
         self.kind = kind
@@ -106,6 +108,8 @@ class Instance:
         self.timezone = timezone
         self.schedule_id = schedule_id
         self.seq = seq
+        #: attempts cut short because their node lost its lease; they do not use up retries
+        self.abandoned = abandoned
         self._sink: LogSink | None = None
 
     # -- reading ---------------------------------------------------------------------------------
@@ -187,6 +191,7 @@ class Instance:
         new.timezone = self.timezone
         new.schedule_id = self.schedule_id
         new.seq = self.seq
+        new.abandoned = self.abandoned
         new._sink = None
         return new
 
@@ -208,6 +213,7 @@ class Instance:
             new.args = []
         if new.kwargs is None:
             new.kwargs = {}
+        new.abandoned = int(new.abandoned or 0)
         return new
 
     def __eq__(self, other: object) -> bool:

@@ -167,8 +167,9 @@ class Manager:
         self.poll_interval = float(poll_interval)
         self.shutdown_timeout = float(shutdown_timeout)
         self._runner_plugin = RunnerPlugin()
+        self._default_backoff = BackoffPlugin()
         self.metrics = ManagerMetrics(self)
-        self.plugins = Plugins([MemoryStorePlugin(), self._runner_plugin, BackoffPlugin(), self.metrics],
+        self.plugins = Plugins([MemoryStorePlugin(), self._runner_plugin, self._default_backoff, self.metrics],
                                plugins, autoload_plugins)
         if isinstance(store, Store):
             if store_options:
@@ -491,6 +492,8 @@ class Manager:
         added = await self.store.enqueue(insts, node=self.node_id)
         out = []
         for inst, was_added in zip(insts, added):
+            if not was_added and cron is not None:
+                inst, was_added = await self._reopen_schedule(inst, cron)
             if not was_added:
                 existing = await self.store.get_instance(inst.uuid)
                 if existing is not None:
@@ -501,6 +504,22 @@ class Manager:
             inst._sink = self._log_sink
             out.append(inst)
         return out
+
+    async def _reopen_schedule(self, inst: Instance, cron: CronSchedule) -> tuple[Instance, bool]:
+        """A recurring schedule canceled earlier and scheduled anew: its occurrence at this fire time is
+        already there, CANCELED, so the schedule starts again at the next fire time."""
+        existing = await self.store.get_instance(inst.uuid)
+        if existing is None or existing.state is not State.CANCELED:
+            return inst, False
+        fire = inst.ready_ts
+        for _ in range(8):
+            fire = cron.next_after(fire)
+            fresh = inst.copy()
+            fresh.uuid, fresh.ready_ts, fresh._sink = _occurrence_uuid(inst.schedule_id or "", fire), fire, self._log_sink
+            [ok] = await self.store.enqueue([fresh], node=self.node_id)
+            if ok:
+                return fresh, True
+        return inst, False
 
     # -- queries -------------------------------------------------------------------------------------
     async def lookup_instances(self, query: Query | None = None) -> list[Instance]:
@@ -572,6 +591,8 @@ class Manager:
         inst = await self.store.cancel(uid, node=self.node_id)
         if inst is None:
             raise InstanceNotFoundError(uid)
+        if inst.state is State.CANCELED or inst.cancel_requested:
+            self._overrides.pop(inst.schedule_id or uid, None)
         run = self._running.get(uid)
         if run is not None:
             run.stop("canceled")
@@ -754,7 +775,7 @@ class Manager:
         message = _describe(err)
         inst.error = message
         retry_at = None
-        if inst.attempts <= inst.max_retries:
+        if inst.attempts - inst.abandoned <= inst.max_retries:  # abandoned attempts are not failures
             retry_at = now() + self._backoff(inst, job, ov)
         await self._finish(inst, job, Outcome(inst.uuid, state, error=message, retry_at=retry_at))
 
@@ -767,7 +788,9 @@ class Manager:
             except Exception as exc:
                 inst.errorf("backoff_strategy raised %s: %s; using the default backoff", type(exc).__name__, exc)
         if delay is None:
-            delay = self.plugins.backoff_delay(inst) or 0.0
+            delay = self.plugins.backoff_delay(inst)
+        if delay is None:  # a backoff plugin failed (it was reported): the built-in default applies
+            delay = self._default_backoff.gojob_backoff_delay(inst)
         try:
             return max(0.0, seconds(delay, what="backoff delay"))
         except ValueError:

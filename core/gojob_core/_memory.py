@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
 from ._instance import Instance
@@ -50,6 +51,20 @@ class MemoryStore(Store):
         self._wakeup: anyio.Event | None = None
         self._final_waiters: dict[str, anyio.Event] = {}
         self._cancel_subscribers: list[MemoryObjectSendStream[str]] = []
+        self._loop: object = None
+
+    def _on_this_loop(self) -> None:
+        """Forget wake-up objects made on another event loop (a store reused after a restart, e.g. by a
+        BlockingManager started again): anyio events are bound to the loop that made them."""
+        token = anyio.lowlevel.current_token()
+        if token != self._loop:
+            self._loop = token
+            self._wakeup = None
+            self._final_waiters = {}
+            self._cancel_subscribers = []
+
+    async def start(self) -> None:
+        self._on_this_loop()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> MemoryStore:
@@ -157,6 +172,7 @@ class MemoryStore(Store):
             return
         if self._delayed:
             timeout = min(timeout, max(0.0, self._delayed[0][0] - ts))
+        self._on_this_loop()
         if self._wakeup is None:
             self._wakeup = anyio.Event()
         with anyio.move_on_after(timeout):
@@ -192,6 +208,7 @@ class MemoryStore(Store):
                 self._finalize(inst)
                 continue
             inst.state = State.SCHEDULED
+            inst.abandoned += 1
             self._record(inst, State.SCHEDULED, ts, node,
                          f"attempt {inst.attempts} abandoned: node {lost_node} lost its lease; re-queued")
             self._push(inst, ts)
@@ -275,6 +292,7 @@ class MemoryStore(Store):
         return target.copy()
 
     async def cancel_notifications(self) -> AsyncIterator[str]:
+        self._on_this_loop()
         send, receive = anyio.create_memory_object_stream[str](float("inf"))
         self._cancel_subscribers.append(send)
         try:
@@ -319,6 +337,7 @@ class MemoryStore(Store):
         inst = self._instances.get(uuid)
         if inst is None or inst.state.is_final:
             return inst.copy() if inst is not None else None
+        self._on_this_loop()
         ev = self._final_waiters.get(uuid)
         if ev is None:
             ev = self._final_waiters[uuid] = anyio.Event()

@@ -114,27 +114,33 @@ class Plugins:
     # are reported (on the instance's log and the "gojob" logger) and the instance goes on.
     def state_changed(self, manager: Manager, instance: Instance, state: State) -> None:
         impls = self._state_changed_impls
-        try:
-            if impls is None:
+        if impls is None:  # a wrapper is registered: pluggy must dispatch
+            try:
                 self._hook.gojob_instance_state_changed(manager=manager, instance=instance, state=state)
-                return
-            args = (manager, instance, state)
-            for fn, idx in impls:
+            except Exception as exc:
+                _hook_failed("gojob_instance_state_changed", instance, exc)
+            return
+        args = (manager, instance, state)
+        for fn, idx in impls:  # one failing plugin does not hide the event from the others
+            try:
                 fn(*[args[i] for i in idx])
-        except Exception as exc:
-            _hook_failed("gojob_instance_state_changed", instance, exc)
+            except Exception as exc:
+                _hook_failed("gojob_instance_state_changed", instance, exc)
 
     def completed(self, manager: Manager, instance: Instance, results: list[Any]) -> None:
         impls = self._completed_impls
-        try:
-            if impls is None:
+        if impls is None:  # a wrapper is registered: pluggy must dispatch
+            try:
                 self._hook.gojob_instance_completed(manager=manager, instance=instance, results=results)
-                return
-            args = (manager, instance, results)
-            for fn, idx in impls:
+            except Exception as exc:
+                _hook_failed("gojob_instance_completed", instance, exc)
+            return
+        args = (manager, instance, results)
+        for fn, idx in impls:  # one failing plugin does not hide the event from the others
+            try:
                 fn(*[args[i] for i in idx])
-        except Exception as exc:
-            _hook_failed("gojob_instance_completed", instance, exc)
+            except Exception as exc:
+                _hook_failed("gojob_instance_completed", instance, exc)
 
     def terminated(self, manager: Manager, instance: Instance, error: BaseException) -> BaseException | bool | None:
         try:
