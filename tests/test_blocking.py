@@ -264,13 +264,7 @@ def test_start_twice_raises_and_stop_twice_is_harmless(backend: str) -> None:
     mgr.stop()
 
 
-_RESTART_BUG = pytest.mark.xfail(
-    strict=True, raises=BaseExceptionGroup,
-    reason="bug: MemoryStore keeps event-loop-bound objects across stop()/start() (its wake-up anyio.Event "
-           "`_wakeup`, created while the dispatcher waited in wait_ready, is left in place by stop()); a "
-           "BlockingManager restarted with the same store runs on a new event loop and its dispatcher awaits "
-           "the old Event: RuntimeError '... is bound to a different event loop' crashes the Manager")
-RESTART_BACKENDS = [pytest.param("asyncio", marks=_RESTART_BUG), "trio"]
+RESTART_BACKENDS = ["asyncio", "trio"]
 
 
 @pytest.mark.parametrize("restart_backend", RESTART_BACKENDS)
