@@ -92,6 +92,19 @@ class BlockingManager:
     def num_workers(self) -> int:
         return self.manager.num_workers
 
+    @property
+    def workers(self) -> list[Any]:
+        return self.manager.workers
+
+    @property
+    def store(self) -> Store:
+        return self.manager.store
+
+    @property
+    def metrics(self) -> Any:
+        """The Manager's metrics (``.exposition()`` gives the Prometheus text)."""
+        return self.manager.metrics
+
     def register_job(self, job: Job) -> Job:
         return self._call(self.manager.register_job, job)  # type: ignore[no-any-return]
 
