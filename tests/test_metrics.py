@@ -160,13 +160,18 @@ async def test_queued_gauge_counts_waiting_instances() -> None:
     async with Manager(num_workers=1, autoload_plugins=False) as mgr:
         job = Job(kind="m.wait", executor=lambda: None)
         insts = await mgr.schedule_many(job, [(), (), ()], schedule_after=60)
-        counts = await mgr.store.queue_counts() if hasattr(mgr.store, "queue_counts") else None
-        if counts is not None:
-            mgr.metrics.set_queued(counts)  # the node refreshes it every few seconds; do it now
-            queued = _by_kind(_parse(mgr.metrics.exposition()), "go_job_queued", "go_job_queued")
-            assert _get(queued, "m.wait") == 3
-        for inst in insts:
+        mgr.metrics.set_queued(await mgr.store.queue_counts())  # the node refreshes it every few seconds
+        queued = _by_kind(_parse(mgr.metrics.exposition()), "go_job_queued", "go_job_queued")
+        assert _get(queued, "m.wait") == 3
+        await mgr.cancel_instance(insts[0])
+        mgr.metrics.set_queued(await mgr.store.queue_counts())
+        queued = _by_kind(_parse(mgr.metrics.exposition()), "go_job_queued", "go_job_queued")
+        assert _get(queued, "m.wait") == 2
+        for inst in insts[1:]:
             await mgr.cancel_instance(inst)
+        mgr.metrics.set_queued(await mgr.store.queue_counts())
+        queued = _by_kind(_parse(mgr.metrics.exposition()), "go_job_queued", "go_job_queued")
+        assert _get(queued, "m.wait") == 0  # a kind that emptied drops to 0
 
 
 async def test_two_managers_have_separate_registries() -> None:

@@ -1,0 +1,475 @@
+"""The store for Valkey and Redis, written once: key layout, server-side scripts and decoding.
+
+The two store plugins (``gojob-store-valkey`` on valkey-glide, ``gojob-store-redis`` on redis-py)
+only supply a :class:`RespConnection`, the few client calls this store makes. Everything that
+decides behaviour (the Lua scripts in ``scripts.lua``, the key layout below, encoding) lives here,
+so both plugins behave the same and pass the same conformance suite.
+
+Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node servers):
+
+=========================  ===================================================================
+``{p}inst:{uuid}``         HASH: one instance (scalar fields; ``args``/``kwargs``/``result`` JSON)
+``{p}all``                 ZSET uuid by creation time (listing instances)
+``{p}ready``               ZSET member ``{ready_us:17}:{seq:15}:{uuid}``, score = priority: ZPOPMIN
+                           takes the lowest priority value, then the earliest ready time, then FIFO
+``{p}delayed``             ZSET uuid by ready time (not yet due; moved to ready by the claim script)
+``{p}running``             ZSET uuid by lease expiry (reclaim finds expired leases here)
+``{p}seq``                 STRING counter giving FIFO order
+``{p}queued``              HASH kind -> instances waiting (go_job_queued)
+``{p}sched:{id}``          SET uuids of one recurring schedule's occurrences
+``{p}sched:canceled``      SET canceled schedule ids (a chained occurrence of one is refused)
+``{p}hist``                ZSET state records (JSON) by time; ``{p}hist:i:{uuid}`` per instance
+``{p}logs``                ZSET log records (JSON) by time; ``{p}logs:i:{uuid}`` per instance
+``{p}corrupt``             SET keys or members that could not be decoded (set aside, never deleted)
+channels                   ``{p}wake`` (new ready work), ``{p}cancel`` (uuid), ``{p}done`` (uuid)
+=========================  ===================================================================
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+
+from .._instance import Instance
+from .._records import LogRecord, Query, StateRecord
+from .._state import State
+from ..abc import CorruptRecord, LeaseReport, Outcome, Store
+from ..errors import CorruptRecordError, StoreError
+
+__all__ = ["RespConnection", "RespOptions", "RespStore", "RespSubscription", "load_scripts", "parse_resp_url"]
+
+_log = logging.getLogger("gojob.resp")
+_PAGE = 5000
+
+
+def load_scripts() -> dict[str, str]:
+    """The server-side scripts by name, each with the shared helpers in front."""
+    text = resources.files(__package__).joinpath("scripts.lua").read_text(encoding="utf-8")
+    parts: dict[str, str] = {}
+    name = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("--! "):
+            name = line[4:].strip()
+            parts[name] = ""
+        elif name is not None:
+            parts[name] += line
+    common = parts.pop("common")
+    return {n: common + body for n, body in parts.items()}
+
+
+class RespOptions:
+    """Connection settings parsed from a URL and keyword options (keywords win)."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, db: int = 0, username: str | None = None,
+                 password: str | None = None, tls: bool = False, prefix: str = "gojob:",
+                 timeout: float = 5.0, connect_timeout: float = 5.0) -> None:
+        self.host, self.port, self.db = host, port, db
+        self.username, self.password, self.tls = username, password, tls
+        self.prefix, self.timeout, self.connect_timeout = prefix, timeout, connect_timeout
+
+    def __repr__(self) -> str:  # never show the password
+        return (f"RespOptions(host={self.host!r}, port={self.port}, db={self.db}, tls={self.tls}, "
+                f"prefix={self.prefix!r})")
+
+
+def parse_resp_url(url: str, schemes: dict[str, bool], **options: Any) -> RespOptions:
+    """Parse ``scheme://[user:password@]host[:port][/db][?prefix=..&timeout=..]``.
+
+    ``schemes`` maps each accepted scheme to whether it means TLS. Keyword options override the URL.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise ValueError(f"store URL {url!r}: scheme must be one of {sorted(schemes)}")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"store URL {url!r}: the port is not a number") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"store URL {url!r}: the path must be a database number, got {path!r}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    known = {"prefix", "timeout", "connect_timeout"}
+    if unknown := set(query) - known:
+        raise ValueError(f"store URL {url!r}: unknown parameter(s) {sorted(unknown)} (known: {sorted(known)})")
+    kw: dict[str, Any] = {
+        "host": parts.hostname or "127.0.0.1", "port": port, "db": int(path or 0),
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else None,
+        "tls": schemes[scheme],
+    }
+    if "prefix" in query:
+        kw["prefix"] = query["prefix"]
+    for name in ("timeout", "connect_timeout"):
+        if name in query:
+            try:
+                kw[name] = float(query[name])
+            except ValueError:
+                raise ValueError(f"store URL {url!r}: {name} must be seconds, got {query[name]!r}") from None
+    kw.update(options)
+    return RespOptions(**kw)
+
+
+class RespSubscription(abc.ABC):
+    """A connection of its own listening on channels (a subscribed connection serves nothing else)."""
+
+    @abc.abstractmethod
+    async def next_message(self, timeout: float) -> tuple[str, str] | None:
+        """The next (channel, message) published on a subscribed channel, or None after ``timeout``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class RespConnection(abc.ABC):
+    """What a client library must provide. Replies are decoded to ``str`` (nested lists stay lists)."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """Connect (raising a clear error for a refused connection or a wrong password)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channels: Sequence[str]) -> RespSubscription:
+        """A new subscription to ``channels``, listening from when this returns."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def execute(self, *args: Any) -> Any:
+        """Run one command."""
+
+    @abc.abstractmethod
+    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send several commands in one round trip (not atomic); their replies in order."""
+
+    @abc.abstractmethod
+    async def run_script(self, sha: str, script: str, args: Sequence[Any]) -> Any:
+        """EVALSHA the script (no keys; loading it on NOSCRIPT)."""
+
+
+class RespStore(Store):
+    """The store contract on Valkey or Redis (see the module docs for the key layout)."""
+
+    name = "resp"
+
+    def __init__(self, connection: RespConnection, options: RespOptions) -> None:
+        self.conn = connection
+        self.options = options
+        self.p = options.prefix
+        self._scripts = {n: (hashlib.sha1(s.encode()).hexdigest(), s) for n, s in load_scripts().items()}
+        self._log_seq = itertools.count()
+        self._wake: RespSubscription | None = None
+        self._cq: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.options!r}>"
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self.conn.connect()
+            await self.conn.execute("PING")
+            self._wake = await self.conn.subscribe([self.p + "wake"])
+        except StoreError:
+            await self.conn.close()
+            raise
+        except Exception as exc:
+            await self.conn.close()
+            raise StoreError(f"{self.name} store: cannot connect to {self.options.host}:{self.options.port}: "
+                             f"{type(exc).__name__}: {exc}") from exc
+
+    async def stop(self) -> None:
+        if self._wake is not None:
+            wake, self._wake = self._wake, None
+            await wake.close()
+        await self.conn.close()
+
+    async def _run(self, name: str, *args: Any) -> Any:
+        sha, text = self._scripts[name]
+        return await self.conn.run_script(sha, text, [self.p, *args])
+
+    def _decode(self, flat: Any) -> Instance | None:
+        if not flat:
+            return None
+        if isinstance(flat, dict):
+            h = flat
+        else:
+            h = dict(zip(flat[::2], flat[1::2]))
+        try:
+            return _instance_from_hash(h)
+        except (KeyError, ValueError, TypeError) as exc:
+            self._report_corrupt(f"{self.p}inst:{h.get('uuid', '?')}", f"{type(exc).__name__}: {exc}")
+            return None
+
+    def _report_corrupt(self, key: str, reason: str) -> None:
+        _log.error("%s store: record %s cannot be decoded and is set aside: %s", self.name, key[:200], reason)
+        self._cq.append(json.dumps({"key": key, "reason": reason}))
+
+    async def _flush_corrupt(self) -> None:
+        if self._cq:
+            batch, self._cq = self._cq, []
+            await self.conn.execute("SADD", self.p + "corrupt", *batch)
+
+    # -- queue -----------------------------------------------------------------------------------------
+    async def enqueue(self, instances: Sequence[Instance], *, node: str | None = None,
+                      chained: bool = False) -> list[bool]:
+        if not instances:
+            return []
+        args: list[Any] = [node or "", "1" if chained else "0", len(instances)]
+        for inst in instances:
+            args += [inst.uuid, inst.kind, str(inst.priority), _num(inst.ready_ts), inst.schedule_id or "",
+                     json.dumps(_static_fields(inst))]
+        out = await self._run("enqueue", *args)
+        return [bool(int(x)) for x in out]
+
+    async def claim(self, node: str, limit: int, lease: float) -> list[Instance]:
+        if limit <= 0:
+            return []
+        out = await self._run("claim", node, limit, _num(lease))
+        found = [self._decode(flat) for flat in out[1:]]
+        await self._flush_corrupt()
+        return [i for i in found if i is not None]
+
+    async def wait_ready(self, timeout: float) -> None:
+        ready, head = await self.conn.pipeline([["ZCARD", self.p + "ready"],
+                                                ["ZRANGE", self.p + "delayed", 0, 0, "WITHSCORES"]])
+        if int(ready):
+            return
+        if head:
+            due = float(head[1]) if isinstance(head, list) and len(head) >= 2 else float(head[0][1])
+            timeout = min(timeout, max(0.0, due - time.time()))
+            if timeout <= 0:
+                return
+        if self._wake is None:
+            raise StoreError(f"{self.name} store is not started")
+        await self._wake.next_message(timeout)
+
+    async def extend_leases(self, node: str, uuids: Sequence[str], lease: float) -> LeaseReport:
+        if not uuids:
+            return LeaseReport()
+        out = await self._run("extend", node, _num(lease), *uuids)
+        sep = out.index("|")
+        return LeaseReport(frozenset(out[:sep]), frozenset(out[sep + 1:]))
+
+    async def reclaim_expired(self, node: str) -> list[Instance]:
+        uuids = await self._run("reclaim", node)
+        if not uuids:
+            return []
+        found = await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in uuids])
+        out = [self._decode(h) for h in found]
+        await self._flush_corrupt()
+        return [i for i in out if i is not None]
+
+    async def finish(self, node: str, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        args: list[Any] = [node, len(outcomes)]
+        for oc in outcomes:
+            args += [oc.uuid, oc.state.value, "" if oc.result is None else json.dumps(oc.result),
+                     oc.error or "", "" if oc.retry_at is None else _num(oc.retry_at), oc.detail or ""]
+        return [bool(int(x)) for x in await self._run("finish", *args)]
+
+    async def release(self, node: str, uuids: Sequence[str]) -> None:
+        if uuids:
+            await self._run("release", node, *uuids)
+
+    async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
+        flat = await self._run("cancel", uuid, node or "")
+        if not flat:
+            return None
+        inst = self._decode(flat)
+        await self._flush_corrupt()
+        if inst is None:
+            raise CorruptRecordError(f"{self.p}inst:{uuid}", "cannot be decoded (set aside)")
+        return inst
+
+    async def cancel_notifications(self) -> AsyncIterator[str]:
+        sub = await self.conn.subscribe([self.p + "cancel"])
+        try:
+            while True:
+                msg = await sub.next_message(60.0)
+                if msg is not None:
+                    yield msg[1]
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.close()
+
+    async def get_instance(self, uuid: str) -> Instance | None:
+        flat = await self.conn.execute("HGETALL", self.p + "inst:" + uuid)
+        if not flat:
+            return None
+        inst = self._decode(flat)
+        await self._flush_corrupt()
+        if inst is None:
+            raise CorruptRecordError(f"{self.p}inst:{uuid}", "cannot be decoded (set aside)")
+        return inst
+
+    async def _uuids_by_creation(self, query: Query) -> list[str]:
+        lo = "-inf" if query.since_ts is None else _num(query.since_ts)
+        hi = "+inf" if query.until_ts is None else _num(query.until_ts)
+        out: list[str] = []
+        offset = 0
+        while True:
+            page = await self.conn.execute("ZRANGEBYSCORE", self.p + "all", lo, hi, "LIMIT", offset, _PAGE)
+            out.extend(page)
+            if len(page) < _PAGE:
+                return out
+            offset += _PAGE
+
+    async def list_instances(self, query: Query) -> list[Instance]:
+        uuids = [query.uuid] if query.uuid is not None else await self._uuids_by_creation(query)
+        found: list[Instance] = []
+        for i in range(0, len(uuids), _PAGE):
+            chunk = uuids[i:i + _PAGE]
+            for flat in await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in chunk]):
+                inst = self._decode(flat)
+                if inst is not None and query.matches_instance(inst):
+                    found.append(inst)
+        await self._flush_corrupt()
+        found.sort(key=lambda x: (x.created_ts, x.uuid))
+        return query.apply_limit(found)
+
+    async def clear_instances(self, query: Query) -> int:
+        uuids = [i.uuid for i in await self.list_instances(query) if i.state is not State.PROCESSING]
+        removed = 0
+        for i in range(0, len(uuids), _PAGE):
+            removed += int(await self._run("clear", *uuids[i:i + _PAGE]))
+        return removed
+
+    async def queue_counts(self) -> dict[str, int]:
+        flat = await self.conn.execute("HGETALL", self.p + "queued")
+        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2])
+        return {k: int(v) for k, v in pairs if int(v) > 0}
+
+    async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
+        interval = 0.002
+        with anyio.move_on_after(timeout):
+            while True:
+                inst = await self.get_instance(uuid)
+                if inst is None or inst.state.is_final:
+                    return inst
+                await anyio.sleep(interval)
+                interval = min(interval * 1.5, 0.1)
+        return await self.get_instance(uuid)
+
+    # -- history and logs ----------------------------------------------------------------------------
+    async def _members(self, base: str, query: Query) -> list[str]:
+        key = f"{self.p}{base}:i:{query.uuid}" if query.uuid is not None else self.p + base
+        lo = "-inf" if query.since_ts is None else _num(query.since_ts)
+        hi = "+inf" if query.until_ts is None else _num(query.until_ts)
+        out: list[str] = []
+        offset = 0
+        while True:
+            page = await self.conn.execute("ZRANGEBYSCORE", key, lo, hi, "LIMIT", offset, _PAGE)
+            out.extend(page)
+            if len(page) < _PAGE:
+                return out
+            offset += _PAGE
+
+    async def _records(self, base: str, query: Query, decode: Any) -> list[tuple[str, Any]]:
+        found = []
+        for member in await self._members(base, query):
+            try:
+                rec = decode(json.loads(member))
+            except (ValueError, KeyError, TypeError) as exc:
+                self._report_corrupt(f"{self.p}{base}:{member}", f"{type(exc).__name__}: {exc}")
+                continue
+            if query.matches_record(rec):
+                found.append((member, rec))
+        await self._flush_corrupt()
+        found.sort(key=lambda mr: mr[1].ts)
+        return found
+
+    async def lookup_history(self, query: Query) -> list[StateRecord]:
+        return query.apply_limit([r for _, r in await self._records("hist", query, StateRecord.from_dict)])
+
+    async def _clear(self, base: str, query: Query, decode: Any) -> int:
+        found = await self._records(base, query, decode)
+        cmds: list[list[Any]] = []
+        for member, rec in found:
+            cmds.append(["ZREM", self.p + base, member])
+            cmds.append(["ZREM", f"{self.p}{base}:i:{rec.uuid}", member])
+        for i in range(0, len(cmds), _PAGE):
+            await self.conn.pipeline(cmds[i:i + _PAGE])
+        return len(found)
+
+    async def clear_history(self, query: Query) -> int:
+        return await self._clear("hist", query, StateRecord.from_dict)
+
+    async def append_logs(self, records: Sequence[LogRecord]) -> None:
+        cmds: list[list[Any]] = []
+        for rec in records:
+            d = rec.to_dict()
+            d["n"] = next(self._log_seq)  # two equal lines in one microsecond stay two members
+            member = json.dumps(d)
+            score = _num(rec.ts)
+            cmds.append(["ZADD", self.p + "logs", score, member])
+            cmds.append(["ZADD", f"{self.p}logs:i:{rec.uuid}", score, member])
+        for i in range(0, len(cmds), _PAGE):
+            await self.conn.pipeline(cmds[i:i + _PAGE])
+
+    async def lookup_logs(self, query: Query) -> list[LogRecord]:
+        return query.apply_limit([r for _, r in await self._records("logs", query, LogRecord.from_dict)])
+
+    async def clear_logs(self, query: Query) -> int:
+        return await self._clear("logs", query, LogRecord.from_dict)
+
+    async def corrupt_records(self) -> list[CorruptRecord]:
+        out = []
+        for raw in await self.conn.execute("SMEMBERS", self.p + "corrupt"):
+            try:
+                d = json.loads(raw)
+                out.append(CorruptRecord(str(d["key"]), str(d["reason"]), raw))
+            except (ValueError, KeyError, TypeError):
+                out.append(CorruptRecord(raw[:200], "unreadable report", raw))
+        return sorted(out, key=lambda c: c.key)
+
+
+# -- encoding -----------------------------------------------------------------------------------------------
+def _num(x: float | int) -> str:
+    """A number for the server: integers as they are, floats with microsecond precision."""
+    if isinstance(x, int):
+        return str(x)
+    if not math.isfinite(x):
+        raise ValueError(f"not a finite number: {x!r}")
+    return f"{x:.6f}"
+
+
+def _static_fields(inst: Instance) -> dict[str, str]:
+    """The fields enqueue writes besides the indexed ones, every value a string."""
+    return {
+        "args": json.dumps(inst.args), "kwargs": json.dumps(inst.kwargs), "max_retries": str(inst.max_retries),
+        "timeout": "" if inst.timeout is None else repr(float(inst.timeout)), "created_ts": _num(inst.created_ts),
+        "crontab_spec": inst.crontab_spec or "", "timezone": inst.timezone or "", "schedule_id": inst.schedule_id or "",
+    }
+
+
+def _opt_float(v: str | None) -> float | None:
+    return float(v) if v not in (None, "") else None
+
+
+def _instance_from_hash(h: dict[str, str]) -> Instance:
+    result = h.get("result")
+    return Instance(
+        uuid=h["uuid"], kind=h["kind"], args=json.loads(h["args"]), kwargs=json.loads(h["kwargs"]),
+        priority=int(h["priority"]), state=State(h["state"]), attempts=int(h.get("attempts") or 0),
+        max_retries=int(h.get("max_retries") or 0), timeout=_opt_float(h.get("timeout")),
+        created_ts=float(h["created_ts"]), ready_ts=float(h["ready_ts"]), started_ts=_opt_float(h.get("started_ts")),
+        finished_ts=_opt_float(h.get("finished_ts")), result=json.loads(result) if result else None,
+        error=h.get("error") or None, node=h.get("node") or None, lease_ts=_opt_float(h.get("lease_ts")),
+        cancel_requested=h.get("cancel") == "1", crontab_spec=h.get("crontab_spec") or None,
+        timezone=h.get("timezone") or None, schedule_id=h.get("schedule_id") or None, seq=int(h.get("seq") or 0),
+        abandoned=int(h.get("abandoned") or 0),
+    )

@@ -1,0 +1,274 @@
+-- gojob's server-side scripts for Valkey and Redis (one file, loaded by both store plugins).
+-- Each script is the text between "--! name" markers. Every script takes the key prefix as ARGV[1]
+-- (single-node servers; keys are built from it, see resp/README.md for the layout) and uses the
+-- server's clock, so that leases and history timestamps do not depend on the nodes' clocks.
+--! common
+local P = ARGV[1]
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1e6
+end
+local function jstr(s)
+  if s == nil or s == false or s == '' then return 'null' end
+  return cjson.encode(s)
+end
+local function hist(uuid, kind, state, ts, attempt, node, detail)
+  local rec = '{"uuid":' .. cjson.encode(uuid) .. ',"kind":' .. cjson.encode(kind) .. ',"state":"' .. state ..
+    '","ts":' .. string.format('%.6f', ts) .. ',"attempt":' .. (attempt or 0) .. ',"node":' .. jstr(node) ..
+    ',"detail":' .. jstr(detail) .. '}'
+  redis.call('ZADD', P .. 'hist', ts, rec)
+  redis.call('ZADD', P .. 'hist:i:' .. uuid, ts, rec)
+end
+local function ready_member(ready_ts, seq, uuid)
+  return string.format('%017.0f', math.floor(ready_ts * 1e6)) .. ':' .. string.format('%015.0f', seq) .. ':' .. uuid
+end
+-- put a SCHEDULED instance in the ready set (due) or the delayed set (later); takes a new FIFO seq
+local function push(key, uuid, t)
+  local f = redis.call('HMGET', key, 'priority', 'ready_ts', 'kind')
+  redis.call('HINCRBY', P .. 'queued', f[3], 1)
+  local seq = redis.call('INCR', P .. 'seq')
+  redis.call('HSET', key, 'seq', seq)
+  local ready_ts = tonumber(f[2])
+  if ready_ts <= t then
+    redis.call('ZADD', P .. 'ready', tonumber(f[1]), ready_member(ready_ts, seq, uuid))
+  else
+    redis.call('ZADD', P .. 'delayed', ready_ts, uuid)
+  end
+end
+local function unqueue(kind)
+  redis.call('HINCRBY', P .. 'queued', kind, -1)
+end
+local function final(uuid)
+  redis.call('PUBLISH', P .. 'done', uuid)
+end
+
+--! enqueue
+-- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id, fields_json
+-- fields_json: the record's other fields as a JSON object of field -> string value (HSET as they are)
+local node, chained, n = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
+local t = now()
+local out, added = {}, false
+local i = 5
+for k = 1, n do
+  local uuid, kind, prio, ready, sid, fields = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  local key = P .. 'inst:' .. uuid
+  if redis.call('EXISTS', key) == 1 or (chained and sid ~= '' and redis.call('SISMEMBER', P .. 'sched:canceled', sid) == 1) then
+    out[k] = 0
+  else
+    if sid ~= '' then
+      if not chained then redis.call('SREM', P .. 'sched:canceled', sid) end
+      redis.call('SADD', P .. 'sched:' .. sid, uuid)
+    end
+    local args = {'HSET', key, 'uuid', uuid, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'state', 'SCHEDULED',
+                  'attempts', 0, 'abandoned', 0, 'cancel', 0}
+    for f, v in pairs(cjson.decode(fields)) do
+      args[#args + 1] = f
+      args[#args + 1] = v
+    end
+    redis.call(unpack(args))
+    redis.call('ZADD', P .. 'all', tonumber(redis.call('HGET', key, 'created_ts')) or t, uuid)
+    hist(uuid, kind, 'CREATED', t, 0, node, nil)
+    hist(uuid, kind, 'SCHEDULED', t, 0, node, nil)
+    push(key, uuid, t)
+    out[k] = 1
+    added = true
+  end
+end
+if added then redis.call('PUBLISH', P .. 'wake', '1') end
+return out
+
+--! claim
+-- ARGV: prefix, node, limit, lease -> {server_time, {hgetall...}, ...}
+local node, limit, lease = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = now()
+local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', t, 'LIMIT', 0, 1000)
+for _, uuid in ipairs(due) do
+  redis.call('ZREM', P .. 'delayed', uuid)
+  local key = P .. 'inst:' .. uuid
+  local f = redis.call('HMGET', key, 'state', 'priority', 'ready_ts', 'seq')
+  if f[1] == 'SCHEDULED' then
+    redis.call('ZADD', P .. 'ready', tonumber(f[2]), ready_member(tonumber(f[3]), tonumber(f[4]), uuid))
+  end
+end
+local out = {t}
+local taken = 0
+while taken < limit do
+  local popped = redis.call('ZPOPMIN', P .. 'ready', limit - taken)
+  if #popped == 0 then break end
+  for j = 1, #popped, 2 do
+    local member = popped[j]
+    local uuid = string.sub(member, 35)
+    local key = P .. 'inst:' .. uuid
+    local f = redis.call('HMGET', key, 'state', 'seq', 'kind')
+    if f[1] == 'SCHEDULED' and string.format('%015.0f', tonumber(f[2])) == string.sub(member, 19, 33) then
+      unqueue(f[3])
+      local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+      redis.call('HSET', key, 'state', 'PROCESSING', 'started_ts', string.format('%.6f', t), 'node', node,
+                 'lease_ts', string.format('%.6f', t + lease))
+      redis.call('ZADD', P .. 'running', t + lease, uuid)
+      hist(uuid, f[3], 'PROCESSING', t, attempts, node, nil)
+      out[#out + 1] = redis.call('HGETALL', key)
+      taken = taken + 1
+    end
+  end
+end
+return out
+
+--! extend
+-- ARGV: prefix, node, lease, uuids... -> {lost..., '|', cancel_requested...}
+local node, lease = ARGV[2], tonumber(ARGV[3])
+local t = now()
+local lost, cancel = {}, {}
+for i = 4, #ARGV do
+  local uuid = ARGV[i]
+  local key = P .. 'inst:' .. uuid
+  local f = redis.call('HMGET', key, 'state', 'node', 'cancel')
+  if f[1] ~= 'PROCESSING' or f[2] ~= node then
+    lost[#lost + 1] = uuid
+  else
+    redis.call('HSET', key, 'lease_ts', string.format('%.6f', t + lease))
+    redis.call('ZADD', P .. 'running', t + lease, uuid)
+    if f[3] == '1' then cancel[#cancel + 1] = uuid end
+  end
+end
+local out = lost
+out[#out + 1] = '|'
+for _, u in ipairs(cancel) do out[#out + 1] = u end
+return out
+
+--! reclaim
+-- ARGV: prefix, node -> uuids re-queued
+local node = ARGV[2]
+local t = now()
+local expired = redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', t, 'LIMIT', 0, 500)
+local out = {}
+for _, uuid in ipairs(expired) do
+  redis.call('ZREM', P .. 'running', uuid)
+  local key = P .. 'inst:' .. uuid
+  local f = redis.call('HMGET', key, 'state', 'node', 'cancel', 'kind', 'attempts')
+  if f[1] == 'PROCESSING' then
+    redis.call('HDEL', key, 'lease_ts')
+    if f[3] == '1' then
+      redis.call('HSET', key, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
+      hist(uuid, f[4], 'CANCELED', t, tonumber(f[5]), node, 'canceled; node ' .. (f[2] or '?') .. ' lost its lease')
+      final(uuid)
+    else
+      redis.call('HSET', key, 'state', 'SCHEDULED')
+      redis.call('HINCRBY', key, 'abandoned', 1)
+      hist(uuid, f[4], 'SCHEDULED', t, tonumber(f[5]), node,
+           'attempt ' .. f[5] .. ' abandoned: node ' .. (f[2] or '?') .. ' lost its lease; re-queued')
+      push(key, uuid, t)
+      out[#out + 1] = uuid
+    end
+  end
+end
+if #out > 0 then redis.call('PUBLISH', P .. 'wake', '1') end
+return out
+
+--! finish
+-- ARGV: prefix, node, n, then n times: uuid, state, result_json ('' = none), error, retry_at ('' = none), detail
+local node, n = ARGV[2], tonumber(ARGV[3])
+local t = now()
+local out, requeued = {}, false
+local i = 4
+for k = 1, n do
+  local uuid, state, result, err, retry_at, detail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  i = i + 6
+  local key = P .. 'inst:' .. uuid
+  local f = redis.call('HMGET', key, 'state', 'node', 'cancel', 'kind', 'attempts', 'max_retries')
+  if f[1] ~= 'PROCESSING' or f[2] ~= node then
+    out[k] = 0
+  else
+    redis.call('ZREM', P .. 'running', uuid)
+    redis.call('HDEL', key, 'lease_ts')
+    local attempts = tonumber(f[5])
+    local d = err
+    if d == '' then d = detail end
+    hist(uuid, f[4], state, t, attempts, node, d)
+    if retry_at ~= '' and f[3] ~= '1' then
+      redis.call('HSET', key, 'state', 'SCHEDULED', 'ready_ts', retry_at, 'error', err)
+      hist(uuid, f[4], 'SCHEDULED', t, attempts, node,
+           'retry ' .. attempts .. ' of ' .. (f[6] or '0') .. ' at ' .. retry_at)
+      push(key, uuid, t)
+      requeued = true
+    else
+      if retry_at ~= '' then
+        state = 'CANCELED'
+        hist(uuid, f[4], 'CANCELED', t, attempts, node, 'canceled')
+      end
+      redis.call('HSET', key, 'state', state, 'finished_ts', string.format('%.6f', t), 'error', err)
+      if result ~= '' then redis.call('HSET', key, 'result', result) end
+      final(uuid)
+    end
+    out[k] = 1
+  end
+end
+if requeued then redis.call('PUBLISH', P .. 'wake', '1') end
+return out
+
+--! release
+-- ARGV: prefix, node, uuids...
+local node = ARGV[2]
+local t = now()
+for i = 3, #ARGV do
+  local uuid = ARGV[i]
+  local key = P .. 'inst:' .. uuid
+  local f = redis.call('HMGET', key, 'state', 'node', 'kind', 'attempts')
+  if f[1] == 'PROCESSING' and f[2] == node then
+    redis.call('ZREM', P .. 'running', uuid)
+    redis.call('HDEL', key, 'lease_ts')
+    local a = math.max(0, tonumber(f[4]) - 1)
+    redis.call('HSET', key, 'state', 'SCHEDULED', 'attempts', a)
+    hist(uuid, f[3], 'SCHEDULED', t, a, node, 'released by node ' .. node)
+    push(key, uuid, t)
+  end
+end
+redis.call('PUBLISH', P .. 'wake', '1')
+return 1
+
+--! cancel
+-- ARGV: prefix, uuid, node -> hgetall of the instance after the change, or {} if none
+local uuid, node = ARGV[2], ARGV[3]
+local key = P .. 'inst:' .. uuid
+if redis.call('EXISTS', key) == 0 then return {} end
+local t = now()
+local sid = redis.call('HGET', key, 'schedule_id')
+local targets = {uuid}
+if sid and sid ~= '' then
+  redis.call('SADD', P .. 'sched:canceled', sid)
+  targets = redis.call('SMEMBERS', P .. 'sched:' .. sid)
+end
+for _, u in ipairs(targets) do
+  local k = P .. 'inst:' .. u
+  local f = redis.call('HMGET', k, 'state', 'cancel', 'kind', 'attempts')
+  if f[1] == 'SCHEDULED' or f[1] == 'CREATED' then
+    redis.call('HSET', k, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
+    redis.call('ZREM', P .. 'delayed', u)
+    unqueue(f[3])
+    hist(u, f[3], 'CANCELED', t, tonumber(f[4]), node, 'canceled before it ran')
+    final(u)
+  elseif f[1] == 'PROCESSING' and f[2] ~= '1' then
+    redis.call('HSET', k, 'cancel', 1)
+    redis.call('PUBLISH', P .. 'cancel', u)
+  end
+end
+return redis.call('HGETALL', key)
+
+--! clear
+-- ARGV: prefix, uuids... -> how many removed (running ones are kept)
+local n = 0
+for i = 2, #ARGV do
+  local uuid = ARGV[i]
+  local key = P .. 'inst:' .. uuid
+  local f = redis.call('HMGET', key, 'state', 'schedule_id', 'kind')
+  if f[1] and f[1] ~= 'PROCESSING' then
+    if f[1] == 'SCHEDULED' then unqueue(f[3]) end
+    redis.call('DEL', key)
+    redis.call('ZREM', P .. 'all', uuid)
+    redis.call('ZREM', P .. 'delayed', uuid)
+    if f[2] and f[2] ~= '' then redis.call('SREM', P .. 'sched:' .. f[2], uuid) end
+    n = n + 1
+  end
+end
+return n
