@@ -52,6 +52,7 @@ import gojob_core
 from gojob_core import Job, Manager, Query, State
 
 WARMUP = 20
+AUTOLOAD = [False]  # entry-point plugins are not loaded unless --autoload-plugins: the core alone
 
 # The issue's numbers (bare anyio heap-and-waiters loop on the reference machine) and targets.
 ISSUE_CEILING = {"async": 76_000, "sync": 8_000, "lat_p50": 0.07}
@@ -96,7 +97,25 @@ def _machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "gojob_core": gojob_core.__version__,
+        "gojob_core_path": os.path.dirname(os.path.abspath(gojob_core.__file__)),
+        "gojob_core_git": _git_rev(os.path.dirname(os.path.abspath(gojob_core.__file__))),
     }
+
+
+def _git_rev(path: str) -> str:
+    """HEAD of the checkout holding gojob_core, plus '+dirty' if core/ has uncommitted changes."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return "not a git checkout"
+        dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
 
 
 class _Counter:
@@ -168,7 +187,7 @@ async def run_throughput(n: int, workers: int, executor: str, sched: str, profil
     c = _Counter(n, threaded=executor == "sync")
     kind = f"noop-{executor}"
     job = _make_job(kind, executor, c)
-    async with Manager(store="memory://", num_workers=workers) as mgr:
+    async with Manager(store="memory://", num_workers=workers, autoload_plugins=AUTOLOAD[0]) as mgr:
         for k in range(WARMUP):
             await mgr.schedule_job(job, arguments=(-1 - k,))
         with anyio.fail_after(60):
@@ -235,7 +254,7 @@ async def run_latency(n: int, workers: int, executor: str, seed: int) -> dict[st
 
     rng = random.Random(seed)
     before = [0.0] * n
-    async with Manager(store="memory://", num_workers=workers) as mgr:
+    async with Manager(store="memory://", num_workers=workers, autoload_plugins=AUTOLOAD[0]) as mgr:
         for k in range(WARMUP):  # warm the path (and the thread pool); not measured
             events[0] = None
             await mgr.wait(await mgr.schedule_job(job, arguments=(0,)), timeout=30)
@@ -417,8 +436,10 @@ def render(args: argparse.Namespace, machine: dict[str, Any], res: dict[str, Any
         "",
         f"- machine: {machine['cores']} cores ({machine['cpu'] or '?'}), {machine['implementation']} "
         f"{machine['python']}, {machine['platform']}",
-        f"- gojob-core {machine['gojob_core']}, anyio backend {args.backend}, memory store, "
-        f"{args.workers} workers, state history on",
+        f"- gojob-core {machine['gojob_core']} from `{machine['gojob_core_path']}` "
+        f"(git: {machine['gojob_core_git']}); anyio backend {args.backend}; memory store; "
+        f"{args.workers} workers; state history on; entry-point plugins "
+        f"{'loaded' if args.autoload_plugins else 'not loaded'}",
         f"- load average before: {' '.join(f'{x:.2f}' for x in load_before)}; after: "
         f"{' '.join(f'{x:.2f}' for x in load_after)}; wall time {wall:.0f} s",
         f"- command: `{' '.join([os.path.basename(sys.executable), *sys.argv])}`",
@@ -515,9 +536,12 @@ def main() -> None:
                     help="after the measured runs, one extra run per throughput mode under cProfile "
                          "(timed window only) -> DIR/<executor>-<schedule>.prof, top costs on stderr")
     ap.add_argument("--profile-top", type=int, default=15, help="functions listed per profile (default 15)")
+    ap.add_argument("--autoload-plugins", action="store_true",
+                    help="let each Manager load the installed entry-point plugins (default: core only)")
     ap.add_argument("--only", choices=("async", "sync"), action="append",
                     help="run only this executor kind (repeatable)")
     args = ap.parse_args()
+    AUTOLOAD[0] = args.autoload_plugins
 
     machine = _machine()
     load_before = os.getloadavg()

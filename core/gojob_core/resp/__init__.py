@@ -248,7 +248,7 @@ class RespStore(Store):
         if int(ready):
             return
         if head:
-            due = float(head[1]) if isinstance(head, list) and len(head) >= 2 else float(head[0][1])
+            due = _first_score(head)
             timeout = min(timeout, max(0.0, due - time.time()))
             if timeout <= 0:
                 return
@@ -454,6 +454,15 @@ def _static_fields(inst: Instance) -> dict[str, str]:
         "timeout": "" if inst.timeout is None else repr(float(inst.timeout)), "created_ts": _num(inst.created_ts),
         "crontab_spec": inst.crontab_spec or "", "timezone": inst.timezone or "", "schedule_id": inst.schedule_id or "",
     }
+
+
+def _first_score(reply: Any) -> float:
+    """The score of a one-member ``ZRANGE ... WITHSCORES`` reply, in RESP2 or RESP3 shape."""
+    if isinstance(reply, dict):
+        return float(next(iter(reply.values())))
+    if isinstance(reply[0], (list, tuple)):
+        return float(reply[0][1])
+    return float(reply[1])
 
 
 def _opt_float(v: str | None) -> float | None:

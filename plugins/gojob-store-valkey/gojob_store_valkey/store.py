@@ -1,0 +1,153 @@
+"""The Valkey store: gojob_core.resp's layout and scripts over valkey-glide.
+
+glide multiplexes one connection per client, so a subscription (which blocks its connection) gets a
+client of its own; every request carries an explicit timeout (glide's default is 250 ms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import anyio
+from glide import (
+    Batch,
+    GlideClient,
+    GlideClientConfiguration,
+    GlideError,
+    Logger,
+    LogLevel,
+    NodeAddress,
+    ProtocolVersion,
+    Script,
+    ServerCredentials,
+)
+
+from gojob_core import StoreError
+from gojob_core.resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
+
+__all__ = ["ValkeyConnection", "ValkeyStore"]
+
+Logger.set_logger_config(LogLevel.ERROR)  # the Rust core otherwise prints WARN lines to stdout
+
+
+def _text(value: Any) -> Any:
+    """glide replies carry bytes; the shared store works with str."""
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return [_text(v) for v in value]
+    return value
+
+
+class _Subscription(RespSubscription):
+    def __init__(self, client: GlideClient) -> None:
+        self._client = client
+
+    async def next_message(self, timeout: float) -> tuple[str, str] | None:
+        msg = self._client.try_get_pubsub_message()
+        if msg is None:
+            with anyio.move_on_after(max(0.0, timeout)):
+                msg = await self._client.get_pubsub_message()
+        if msg is None:
+            return None
+        return _text(msg.channel), _text(msg.message)
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._client.close()
+
+
+class ValkeyConnection(RespConnection):
+    """One glide client for requests; one more per subscription."""
+
+    def __init__(self, options: RespOptions, *, client: GlideClient | None = None) -> None:
+        self.options = options
+        self._given = client
+        self.client: GlideClient | None = None
+        self._scripts: dict[str, Script] = {}
+
+    def _config(self, subscribe: Sequence[str] = ()) -> GlideClientConfiguration:
+        o = self.options
+        creds = ServerCredentials(password=o.password, username=o.username) if o.password else None
+        subs = None
+        if subscribe:
+            modes = GlideClientConfiguration.PubSubChannelModes
+            subs = GlideClientConfiguration.PubSubSubscriptions({modes.Exact: set(subscribe)}, None, None)
+        return GlideClientConfiguration([NodeAddress(o.host, o.port)], use_tls=o.tls, credentials=creds,
+                                        request_timeout=int(o.timeout * 1000), database_id=o.db or None,
+                                        client_name="gojob", protocol=ProtocolVersion.RESP3,
+                                        pubsub_subscriptions=subs)
+
+    async def _create(self, subscribe: Sequence[str] = ()) -> GlideClient:
+        o = self.options
+        try:
+            with anyio.fail_after(o.connect_timeout + 1):
+                return await GlideClient.create(self._config(subscribe))
+        except TimeoutError as exc:
+            raise StoreError(f"valkey store: no answer from {o.host}:{o.port} within {o.connect_timeout}s") from exc
+        except GlideError as exc:
+            raise StoreError(f"valkey store: cannot connect to {o.host}:{o.port}: {exc}") from exc
+
+    async def connect(self) -> None:
+        self.client = self._given if self._given is not None else await self._create()
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None and self._given is None:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+
+    def _c(self) -> GlideClient:
+        if self.client is None:
+            raise StoreError("valkey store is not connected")
+        return self.client
+
+    async def execute(self, *args: Any) -> Any:
+        try:
+            return _text(await self._c().custom_command([str(a) for a in args]))
+        except GlideError as exc:
+            raise StoreError(f"valkey store: {args[0]} failed: {exc}") from exc
+
+    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        batch = Batch(is_atomic=False)
+        for cmd in commands:
+            batch.custom_command([str(a) for a in cmd])
+        try:
+            return _text(await self._c().exec(batch, raise_on_error=True)) or []
+        except GlideError as exc:
+            raise StoreError(f"valkey store: pipeline failed: {exc}") from exc
+
+    async def run_script(self, sha: str, script: str, args: Sequence[Any]) -> Any:
+        obj = self._scripts.get(sha)
+        if obj is None:
+            obj = self._scripts[sha] = Script(script)
+        try:
+            return _text(await self._c().invoke_script(obj, keys=[], args=[str(a) for a in args]))
+        except GlideError as exc:
+            raise StoreError(f"valkey store: script failed: {exc}") from exc
+
+    async def subscribe(self, channels: Sequence[str]) -> RespSubscription:
+        return _Subscription(await self._create(channels))
+
+
+class ValkeyStore(RespStore):
+    """Queue, history and logs on Valkey, shared by every node pointed at the same server and prefix.
+
+    ``ValkeyStore.from_url("valkey://:password@host:6379/0?prefix=myapp:")``; ``valkeys://`` for TLS;
+    keyword options override the URL; ``client=`` takes an existing ``glide.GlideClient``.
+    """
+
+    SCHEMES: ClassVar[tuple[str, ...]] = ("valkey", "valkeys")
+    ANYIO_BACKENDS: ClassVar[tuple[str, ...]] = ("asyncio", "trio")
+    name = "valkey"
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> ValkeyStore:
+        client = options.pop("client", None)
+        opts = parse_resp_url(url, {"valkey": False, "valkeys": True}, **options)
+        return cls(ValkeyConnection(opts, client=client), opts)
