@@ -171,6 +171,7 @@ class RespStore(Store):
         self._scripts = {n: (hashlib.sha1(s.encode()).hexdigest(), s) for n, s in load_scripts().items()}
         self._log_seq = itertools.count()
         self._wake: RespSubscription | None = None
+        self._next_due: float | None = None
         self._cq: list[str] = []
 
     def __repr__(self) -> str:
@@ -238,23 +239,25 @@ class RespStore(Store):
         if limit <= 0:
             return []
         out = await self._run("claim", node, limit, _num(lease))
-        found = [self._decode(flat) for flat in out[1:]]
+        self._next_due = float(out[1]) if out[1] not in ("", None) else None
+        found = [self._decode(flat) for flat in out[2:]]
         await self._flush_corrupt()
         return [i for i in found if i is not None]
 
     async def wait_ready(self, timeout: float) -> None:
-        ready, head = await self.conn.pipeline([["ZCARD", self.p + "ready"],
-                                                ["ZRANGE", self.p + "delayed", 0, 0, "WITHSCORES"]])
-        if int(ready):
-            return
-        if head:
-            due = _first_score(head)
-            timeout = min(timeout, max(0.0, due - time.time()))
-            if timeout <= 0:
-                return
+        # Called after a claim that found nothing ready: that claim also said when the next delayed
+        # instance is due, and every enqueue, retry or re-queue publishes on the wake channel, to
+        # which this store has listened since it started. So no round trip is needed here.
         if self._wake is None:
             raise StoreError(f"{self.name} store is not started")
-        await self._wake.next_message(timeout)
+        if self._next_due is not None:
+            timeout = min(timeout, max(0.0, self._next_due - time.time()))
+            if timeout <= 0:
+                self._next_due = None
+                return
+        if await self._wake.next_message(timeout) is not None:
+            while await self._wake.next_message(0) is not None:
+                pass  # wake-ups that piled up while busy: one claim answers them all
 
     async def extend_leases(self, node: str, uuids: Sequence[str], lease: float) -> LeaseReport:
         if not uuids:

@@ -95,7 +95,7 @@ for _, uuid in ipairs(due) do
     redis.call('ZADD', P .. 'ready', tonumber(f[2]), ready_member(tonumber(f[3]), tonumber(f[4]), uuid))
   end
 end
-local out = {t}
+local out = {t, ''}
 local taken = 0
 while taken < limit do
   local popped = redis.call('ZPOPMIN', P .. 'ready', limit - taken)
@@ -117,6 +117,9 @@ while taken < limit do
     end
   end
 end
+-- when the next delayed instance is due: the claimer can wait for it without asking again
+local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+if #head > 0 then out[2] = head[2] end
 return out
 
 --! extend

@@ -6,6 +6,7 @@ client of its own; every request carries an explicit timeout (glide's default is
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -45,21 +46,37 @@ def _text(value: Any) -> Any:
 
 
 class _Subscription(RespSubscription):
-    def __init__(self, client: GlideClient) -> None:
-        self._client = client
+    """Messages arrive through glide's callback (called on the event loop), into a queue.
+
+    Awaiting ``get_pubsub_message()`` under a timeout would lose the message that arrives just after
+    the wait was cancelled (glide resolves the cancelled future), so the callback is used instead.
+    """
+
+    def __init__(self) -> None:
+        self.client: GlideClient | None = None
+        self._queue: deque[tuple[str, str]] = deque()
+        self._event: anyio.Event | None = None
+
+    def on_message(self, msg: Any, context: Any) -> None:
+        self._queue.append((_text(msg.channel), _text(msg.message)))
+        ev, self._event = self._event, None
+        if ev is not None:
+            ev.set()
 
     async def next_message(self, timeout: float) -> tuple[str, str] | None:
-        msg = self._client.try_get_pubsub_message()
-        if msg is None:
-            with anyio.move_on_after(max(0.0, timeout)):
-                msg = await self._client.get_pubsub_message()
-        if msg is None:
-            return None
-        return _text(msg.channel), _text(msg.message)
+        if not self._queue and timeout > 0:
+            self._event = ev = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await ev.wait()
+            if self._event is ev:
+                self._event = None
+        return self._queue.popleft() if self._queue else None
 
     async def close(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._client.close()
+        client, self.client = self.client, None
+        if client is not None:
+            with anyio.CancelScope(shield=True):
+                await client.close()
 
 
 class ValkeyConnection(RespConnection):
@@ -71,23 +88,24 @@ class ValkeyConnection(RespConnection):
         self.client: GlideClient | None = None
         self._scripts: dict[str, Script] = {}
 
-    def _config(self, subscribe: Sequence[str] = ()) -> GlideClientConfiguration:
+    def _config(self, subscribe: Sequence[str] = (), sub: _Subscription | None = None) -> GlideClientConfiguration:
         o = self.options
         creds = ServerCredentials(password=o.password, username=o.username) if o.password else None
         subs = None
         if subscribe:
             modes = GlideClientConfiguration.PubSubChannelModes
-            subs = GlideClientConfiguration.PubSubSubscriptions({modes.Exact: set(subscribe)}, None, None)
+            subs = GlideClientConfiguration.PubSubSubscriptions({modes.Exact: set(subscribe)},
+                                                                sub.on_message if sub else None, None)
         return GlideClientConfiguration([NodeAddress(o.host, o.port)], use_tls=o.tls, credentials=creds,
                                         request_timeout=int(o.timeout * 1000), database_id=o.db or None,
                                         client_name="gojob", protocol=ProtocolVersion.RESP3,
                                         pubsub_subscriptions=subs)
 
-    async def _create(self, subscribe: Sequence[str] = ()) -> GlideClient:
+    async def _create(self, subscribe: Sequence[str] = (), sub: _Subscription | None = None) -> GlideClient:
         o = self.options
         try:
             with anyio.fail_after(o.connect_timeout + 1):
-                return await GlideClient.create(self._config(subscribe))
+                return await GlideClient.create(self._config(subscribe, sub))
         except TimeoutError as exc:
             raise StoreError(f"valkey store: no answer from {o.host}:{o.port} within {o.connect_timeout}s") from exc
         except GlideError as exc:
@@ -132,7 +150,9 @@ class ValkeyConnection(RespConnection):
             raise StoreError(f"valkey store: script failed: {exc}") from exc
 
     async def subscribe(self, channels: Sequence[str]) -> RespSubscription:
-        return _Subscription(await self._create(channels))
+        sub = _Subscription()
+        sub.client = await self._create(channels, sub)
+        return sub
 
 
 class ValkeyStore(RespStore):
