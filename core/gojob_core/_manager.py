@@ -103,9 +103,14 @@ class _FinishBatcher:
             try:
                 while self._pending:
                     batch, self._pending = self._pending, []
+                    m = self._manager
                     try:
-                        await self._manager._flush_logs()
-                        oks = await self._manager.store.finish(self._manager.node_id, [o for o, _ in batch])
+                        await m._flush_logs()
+                        # the batch's slots free up as soon as this returns: fill them in the same call
+                        free = 0 if m._stopping else m._target - m._in_flight + len(batch)
+                        oks, claimed = await m.store.finish_and_claim(m.node_id, [o for o, _ in batch],
+                                                                      max(0, free), m.lease_time)
+                        m._dispatch(claimed)
                     except Exception as exc:
                         failed, self._pending = batch + self._pending, []
                         for _, s in failed:
@@ -667,10 +672,14 @@ class Manager:
                 with anyio.CancelScope(shield=True):
                     await store.release(node, [i.uuid for i in insts])
                 return
-            for inst in insts:
-                self._in_flight += 1
-                self._running[inst.uuid] = _Running(inst)
-                self._send.send_nowait(inst)
+            self._dispatch(insts)
+
+    def _dispatch(self, insts: list[Instance]) -> None:
+        """Hand claimed instances to the workers (they count against the pool at once)."""
+        for inst in insts:
+            self._in_flight += 1
+            self._running[inst.uuid] = _Running(inst)
+            self._send.send_nowait(inst)
 
     async def _worker_loop(self, worker: Worker) -> None:
         recv = self._recv

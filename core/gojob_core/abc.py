@@ -146,6 +146,15 @@ class Store(abc.ABC):
         Only while ``node`` still holds the instance's lease; otherwise nothing is written (False).
         """
 
+    async def finish_and_claim(self, node: str, outcomes: Sequence[Outcome], limit: int,
+                               lease: float) -> tuple[list[bool], list[Instance]]:
+        """:meth:`finish`, then :meth:`claim` up to ``limit`` more: a busy node's usual step.
+
+        The default makes the two calls; a network store does both in one round trip.
+        """
+        oks = await self.finish(node, outcomes) if outcomes else []
+        return oks, (await self.claim(node, limit, lease) if limit > 0 else [])
+
     @abc.abstractmethod
     async def release(self, node: str, uuids: Sequence[str]) -> None:
         """Hand claimed instances back to the queue unchanged in priority (a node stopping)."""

@@ -276,13 +276,23 @@ class RespStore(Store):
         return [i for i in out if i is not None]
 
     async def finish(self, node: str, outcomes: Sequence[Outcome]) -> list[bool]:
-        if not outcomes:
-            return []
-        args: list[Any] = [node, len(outcomes)]
+        return (await self.finish_and_claim(node, outcomes, 0, 0.0))[0]
+
+    async def finish_and_claim(self, node: str, outcomes: Sequence[Outcome], limit: int,
+                               lease: float) -> tuple[list[bool], list[Instance]]:
+        args: list[Any] = [node, max(0, limit), _num(lease), len(outcomes)]
         for oc in outcomes:
             args += [oc.uuid, oc.state.value, "" if oc.result is None else json.dumps(oc.result),
                      oc.error or "", "" if oc.retry_at is None else _num(oc.retry_at), oc.detail or ""]
-        return [bool(int(x)) for x in await self._run("finish", *args)]
+        out = await self._run("finish", *args)
+        n = len(outcomes)
+        oks = [bool(int(x)) for x in out[:n]]
+        if limit <= 0:
+            return oks, []
+        self._next_due = float(out[n]) if out[n] not in ("", None) else None
+        found = [self._decode(flat) for flat in out[n + 1:]]
+        await self._flush_corrupt()
+        return oks, [i for i in found if i is not None]
 
     async def release(self, node: str, uuids: Sequence[str]) -> None:
         if uuids:

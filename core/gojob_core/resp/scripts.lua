@@ -46,6 +46,43 @@ local function final(uuid)
   redis.call('PUBLISH', P .. 'done', uuid)
 end
 
+-- move due delayed instances to the ready set, then take up to `limit` ready ones for `node`;
+-- appends their hashes to `out` and sets out[2] to when the next delayed instance is due ('' if none)
+local function claim_into(out, node, limit, lease, t)
+  local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', t, 'LIMIT', 0, 1000)
+  for _, uuid in ipairs(due) do
+    redis.call('ZREM', P .. 'delayed', uuid)
+    local key = P .. 'inst:' .. uuid
+    local f = redis.call('HMGET', key, 'state', 'priority', 'ready_ts', 'seq')
+    if f[1] == 'SCHEDULED' then
+      redis.call('ZADD', P .. 'ready', tonumber(f[2]), ready_member(tonumber(f[3]), tonumber(f[4]), uuid))
+    end
+  end
+  local taken = 0
+  while taken < limit do
+    local popped = redis.call('ZPOPMIN', P .. 'ready', limit - taken)
+    if #popped == 0 then break end
+    for j = 1, #popped, 2 do
+      local member = popped[j]
+      local uuid = string.sub(member, 35)
+      local key = P .. 'inst:' .. uuid
+      local f = redis.call('HMGET', key, 'state', 'seq', 'kind')
+      if f[1] == 'SCHEDULED' and string.format('%015.0f', tonumber(f[2])) == string.sub(member, 19, 33) then
+        unqueue(f[3])
+        local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+        redis.call('HSET', key, 'state', 'PROCESSING', 'started_ts', string.format('%.6f', t), 'node', node,
+                   'lease_ts', string.format('%.6f', t + lease))
+        redis.call('ZADD', P .. 'running', t + lease, uuid)
+        hist(uuid, f[3], 'PROCESSING', t, attempts, node, nil)
+        out[#out + 1] = redis.call('HGETALL', key)
+        taken = taken + 1
+      end
+    end
+  end
+  local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+  if #head > 0 then out[2] = head[2] end
+end
+
 --! enqueue
 -- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id, fields_json
 -- fields_json: the record's other fields as a JSON object of field -> string value (HSET as they are)
@@ -83,43 +120,10 @@ if added then redis.call('PUBLISH', P .. 'wake', '1') end
 return out
 
 --! claim
--- ARGV: prefix, node, limit, lease -> {server_time, {hgetall...}, ...}
-local node, limit, lease = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+-- ARGV: prefix, node, limit, lease -> {server_time, next_due_or_'', {hgetall...}, ...}
 local t = now()
-local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', t, 'LIMIT', 0, 1000)
-for _, uuid in ipairs(due) do
-  redis.call('ZREM', P .. 'delayed', uuid)
-  local key = P .. 'inst:' .. uuid
-  local f = redis.call('HMGET', key, 'state', 'priority', 'ready_ts', 'seq')
-  if f[1] == 'SCHEDULED' then
-    redis.call('ZADD', P .. 'ready', tonumber(f[2]), ready_member(tonumber(f[3]), tonumber(f[4]), uuid))
-  end
-end
 local out = {t, ''}
-local taken = 0
-while taken < limit do
-  local popped = redis.call('ZPOPMIN', P .. 'ready', limit - taken)
-  if #popped == 0 then break end
-  for j = 1, #popped, 2 do
-    local member = popped[j]
-    local uuid = string.sub(member, 35)
-    local key = P .. 'inst:' .. uuid
-    local f = redis.call('HMGET', key, 'state', 'seq', 'kind')
-    if f[1] == 'SCHEDULED' and string.format('%015.0f', tonumber(f[2])) == string.sub(member, 19, 33) then
-      unqueue(f[3])
-      local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-      redis.call('HSET', key, 'state', 'PROCESSING', 'started_ts', string.format('%.6f', t), 'node', node,
-                 'lease_ts', string.format('%.6f', t + lease))
-      redis.call('ZADD', P .. 'running', t + lease, uuid)
-      hist(uuid, f[3], 'PROCESSING', t, attempts, node, nil)
-      out[#out + 1] = redis.call('HGETALL', key)
-      taken = taken + 1
-    end
-  end
-end
--- when the next delayed instance is due: the claimer can wait for it without asking again
-local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-if #head > 0 then out[2] = head[2] end
+claim_into(out, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), t)
 return out
 
 --! extend
@@ -174,11 +178,13 @@ if #out > 0 then redis.call('PUBLISH', P .. 'wake', '1') end
 return out
 
 --! finish
--- ARGV: prefix, node, n, then n times: uuid, state, result_json ('' = none), error, retry_at ('' = none), detail
-local node, n = ARGV[2], tonumber(ARGV[3])
+-- ARGV: prefix, node, limit, lease, n, then n times: uuid, state, result_json ('' = none), error,
+-- retry_at ('' = none), detail -> {n oks..., next_due_or_'', hgetall of up to `limit` newly claimed...}
+-- Finishing and claiming the next instances in one call is where a busy node saves round trips.
+local node, limit, lease, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = now()
 local out, requeued = {}, false
-local i = 4
+local i = 6
 for k = 1, n do
   local uuid, state, result, err, retry_at, detail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   i = i + 6
@@ -212,6 +218,10 @@ for k = 1, n do
   end
 end
 if requeued then redis.call('PUBLISH', P .. 'wake', '1') end
+local claimed = {t, ''}
+if limit > 0 then claim_into(claimed, node, limit, lease, t) end
+out[#out + 1] = claimed[2]
+for j = 3, #claimed do out[#out + 1] = claimed[j] end
 return out
 
 --! release

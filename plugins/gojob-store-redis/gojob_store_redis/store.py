@@ -47,7 +47,7 @@ class RedisConnection(RespConnection):
             connection_class=aioredis.SSLConnection if o.tls else aioredis.Connection,
             max_connections=self._max, timeout=o.timeout, host=o.host, port=o.port, db=o.db,
             username=o.username, password=o.password, decode_responses=True, protocol=2,
-            socket_timeout=o.timeout, socket_connect_timeout=o.connect_timeout, health_check_interval=30,
+            socket_timeout=o.timeout, socket_connect_timeout=o.connect_timeout,
         )
         self.client = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
         try:
