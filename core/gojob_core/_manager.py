@@ -689,12 +689,15 @@ class Manager:
                 if inst is _RETIRE:
                     return
                 worker.current = inst
+                run = self._running.get(inst.uuid)
                 try:
                     await self._run_instance(worker, inst)
                 finally:
                     worker.current = None
                     worker.processed += 1
-                    self._running.pop(inst.uuid, None)
+                    # a retry may already be claimed again under the same uuid: remove only this run
+                    if run is not None and self._running.get(inst.uuid) is run:
+                        del self._running[inst.uuid]
                     self._in_flight -= 1
                     self._wake_dispatcher()
                     if self._idle is not None and not self._running:
