@@ -401,7 +401,8 @@ async def profile_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
               file=sys.stderr, flush=True)
         stats = pstats.Stats(prof)
         total = stats.total_tt  # type: ignore[attr-defined]
-        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:args.profile_top]  # type: ignore[attr-defined]
+        entries = stats.stats.items()  # type: ignore[attr-defined]
+        rows = sorted(entries, key=lambda kv: kv[1][2], reverse=True)[:args.profile_top]
         print(f"    top {args.profile_top} by own time (us per job under cProfile; share of profiled time):",
               file=sys.stderr)
         for (fname, line, func), (_cc, nc, tt, ct, _callers) in rows:

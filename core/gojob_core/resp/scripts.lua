@@ -26,7 +26,10 @@ end
 local function ready_member(ready_ts, seq, uuid)
   return string.format('%017.0f', math.floor(ready_ts * 1e6)) .. ':' .. string.format('%015.0f', seq) .. ':' .. uuid
 end
--- put a SCHEDULED instance in the ready set (due) or the delayed set (later); takes a new FIFO seq
+-- put a SCHEDULED instance in the ready set (due) or the delayed set (later); takes a new FIFO seq.
+-- Sets WAKE when a waiting node must hear of it: the ready set was empty (so claimers may be
+-- waiting), or the instance is now the first delayed one (claimers wait until the old first).
+local WAKE = false
 local function push(key, uuid, t)
   local f = redis.call('HMGET', key, 'priority', 'ready_ts', 'kind')
   redis.call('HINCRBY', P .. 'queued', f[3], 1)
@@ -34,10 +37,16 @@ local function push(key, uuid, t)
   redis.call('HSET', key, 'seq', seq)
   local ready_ts = tonumber(f[2])
   if ready_ts <= t then
+    if redis.call('ZCARD', P .. 'ready') == 0 then WAKE = true end
     redis.call('ZADD', P .. 'ready', tonumber(f[1]), ready_member(ready_ts, seq, uuid))
   else
+    local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+    if #head == 0 or tonumber(head[2]) > ready_ts then WAKE = true end
     redis.call('ZADD', P .. 'delayed', ready_ts, uuid)
   end
+end
+local function wake()
+  if WAKE then redis.call('PUBLISH', P .. 'wake', '1') end
 end
 local function unqueue(kind)
   redis.call('HINCRBY', P .. 'queued', kind, -1)
@@ -116,7 +125,7 @@ for k = 1, n do
     added = true
   end
 end
-if added then redis.call('PUBLISH', P .. 'wake', '1') end
+wake()
 return out
 
 --! claim
@@ -174,7 +183,7 @@ for _, uuid in ipairs(expired) do
     end
   end
 end
-if #out > 0 then redis.call('PUBLISH', P .. 'wake', '1') end
+wake()
 return out
 
 --! finish
@@ -217,7 +226,7 @@ for k = 1, n do
     out[k] = 1
   end
 end
-if requeued then redis.call('PUBLISH', P .. 'wake', '1') end
+wake()
 local claimed = {t, ''}
 if limit > 0 then claim_into(claimed, node, limit, lease, t) end
 out[#out + 1] = claimed[2]
@@ -241,7 +250,7 @@ for i = 3, #ARGV do
     push(key, uuid, t)
   end
 end
-redis.call('PUBLISH', P .. 'wake', '1')
+wake()
 return 1
 
 --! cancel
@@ -258,10 +267,11 @@ if sid and sid ~= '' then
 end
 for _, u in ipairs(targets) do
   local k = P .. 'inst:' .. u
-  local f = redis.call('HMGET', k, 'state', 'cancel', 'kind', 'attempts')
+  local f = redis.call('HMGET', k, 'state', 'cancel', 'kind', 'attempts', 'ready_ts', 'seq')
   if f[1] == 'SCHEDULED' or f[1] == 'CREATED' then
     redis.call('HSET', k, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
     redis.call('ZREM', P .. 'delayed', u)
+    redis.call('ZREM', P .. 'ready', ready_member(tonumber(f[5]), tonumber(f[6]), u))
     unqueue(f[3])
     hist(u, f[3], 'CANCELED', t, tonumber(f[4]), node, 'canceled before it ran')
     final(u)
