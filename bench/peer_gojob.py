@@ -56,8 +56,27 @@ async def noop(i):
     peerlib.mark(i)
 
 
-async def producer(args, base):
-    async with Manager(store="memory://", num_workers=args.concurrency) as mgr:
+def _store_url(args, url):
+    """memory: in process; redis: gojob-store-redis (redis-py); valkey: gojob-store-valkey (glide) on the
+    harness's redis-server (glide speaks to Redis 7 too)."""
+    if args.variant == "memory":
+        return "memory://"
+    return url.replace("redis://", "valkey://", 1) if args.variant == "valkey" else url
+
+
+def worker_proc(url, prefix, conc):
+    """--topology proc: the worker node, a Manager with `conc` slots in a forked child."""
+    async def run():
+        async with Manager(store=url, num_workers=conc, store_options={"prefix": prefix}) as mgr:
+            await mgr.register_job(Job(kind="noop", executor=noop))
+            await asyncio.Event().wait()
+    asyncio.run(run())
+
+
+async def producer(args, base, url, prefix):
+    opts = {} if url == "memory://" else {"store_options": {"prefix": prefix}}
+    workers = args.concurrency if args.topology == "inproc" else 0
+    async with Manager(store=url, num_workers=workers, **opts) as mgr:
         job = await mgr.register_job(Job(kind="noop", executor=noop))
 
         async def enqueue(i):
@@ -70,11 +89,18 @@ async def producer(args, base):
 
 
 def main():
-    args = peerlib.parse_args(default_concurrency=10, topologies=("inproc",), variants=("memory",))
-    base = peerlib.base_record("gojob", "gojob-core", args, store="memory")
+    args = peerlib.parse_args(default_concurrency=10, topologies=("inproc", "proc"),
+                              variants=("memory", "redis", "valkey"))
+    base = peerlib.base_record("gojob", "gojob-core", args, store=args.variant)
     try:
+        url = _store_url(args, peerlib.start_redis() if args.variant != "memory" else "")
         peerlib.init_shared(args.n, args.mode == "latency")
-        asyncio.run(producer(args, base))
+        prefix = peerlib.queue_name() + ":"
+        if args.topology == "proc":
+            if url == "memory://":
+                raise SystemExit("the memory store lives in one process: use --topology inproc")
+            peerlib.start_worker_process(worker_proc, url, prefix, args.concurrency)
+        asyncio.run(producer(args, base, url, prefix))
     except BaseException as e:  # noqa: BLE001
         peerlib.fail(base, args, e)
         peerlib.finish(2)

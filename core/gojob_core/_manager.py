@@ -108,7 +108,7 @@ class _FinishBatcher:
                     try:
                         await m._flush_logs()
                         # the batch's slots free up as soon as this returns: fill them in the same call
-                        free = 0 if m._stopping else m._target - m._in_flight + len(batch)
+                        free = 0 if m._stopping else m._target - m._in_flight + len(batch) - m._reserved
                         oks, claimed = await m.store.finish_and_claim(m.node_id, [o for o, _ in batch],
                                                                       max(0, free), m.lease_time)
                         m._dispatch(claimed)
@@ -194,6 +194,7 @@ class Manager:
         self._worker_ids = 0
         self._running: dict[str, _Running] = {}
         self._in_flight = 0
+        self._reserved = 0
         self._capacity: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._log_buffer: list[LogRecord] = []
@@ -662,14 +663,16 @@ class Manager:
                     self._capacity = anyio.Event()
                 await self._capacity.wait()
                 continue
+            self._reserved = free  # finishes meanwhile must not claim these slots twice
             try:
-                insts = await store.claim(node, free, self.lease_time)
+                insts = await store.claim_or_wait(node, free, self.lease_time, self.poll_interval)
             except (StoreError, OSError) as exc:
                 self._report(f"claim failed: {exc!r}")
                 await anyio.sleep(min(self.poll_interval, 1.0))
                 continue
+            finally:
+                self._reserved = 0
             if not insts:
-                await store.wait_ready(self.poll_interval)
                 continue
             if self._stopping:
                 with anyio.CancelScope(shield=True):
@@ -902,11 +905,17 @@ class Manager:
                 self._wake_dispatcher()
 
     async def _cancel_listener(self) -> None:
-        async with contextlib.aclosing(self.store.cancel_notifications()) as notes:
-            async for uid in notes:
-                run = self._running.get(uid)
-                if run is not None:
-                    run.stop("canceled")
+        while True:
+            try:
+                async with contextlib.aclosing(self.store.cancel_notifications()) as notes:
+                    async for uid in notes:
+                        run = self._running.get(uid)
+                        if run is not None:
+                            run.stop("canceled")
+                return
+            except (StoreError, OSError) as exc:  # e.g. the server restarted: listen again
+                self._report(f"cancel notifications interrupted: {exc!r}; listening again")
+                await anyio.sleep(min(self.poll_interval, 1.0))
 
     async def _log_flush_loop(self) -> None:
         while True:

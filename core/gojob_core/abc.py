@@ -123,6 +123,19 @@ class Store(abc.ABC):
         ``started_ts``, ``node`` and ``lease_ts``, and a PROCESSING history record.
         """
 
+    async def claim_or_wait(self, node: str, limit: int, lease: float, timeout: float) -> list[Instance]:
+        """Claim like :meth:`claim`; if nothing is ready, wait up to ``timeout`` for work and return
+        what could be claimed then (possibly nothing). An idle node's main loop.
+
+        The default claims, waits with :meth:`wait_ready`, and claims again; a network store may
+        hand instances to a waiting node in the wake-up itself.
+        """
+        got = await self.claim(node, limit, lease)
+        if got:
+            return got
+        await self.wait_ready(timeout)
+        return await self.claim(node, limit, lease)
+
     @abc.abstractmethod
     async def wait_ready(self, timeout: float) -> None:
         """Return when an instance may be ready to claim (new, due, or re-queued), or after ``timeout``."""

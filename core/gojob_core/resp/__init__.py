@@ -94,8 +94,9 @@ def parse_resp_url(url: str, schemes: dict[str, bool], **options: Any) -> RespOp
         raise ValueError(f"store URL {url!r}: scheme must be one of {sorted(schemes)}")
     try:
         port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"store URL {url!r}: the port is not a number") from None
+    except ValueError as exc:
+        what = "out of range (0-65535)" if "range" in str(exc) else "not a number"
+        raise ValueError(f"store URL {url!r}: the port is {what}") from None
     path = parts.path.strip("/")
     if path and not path.isdigit():
         raise ValueError(f"store URL {url!r}: the path must be a database number, got {path!r}")
@@ -171,6 +172,8 @@ class RespStore(Store):
         self._scripts = {n: (hashlib.sha1(s.encode()).hexdigest(), s) for n, s in load_scripts().items()}
         self._log_seq = itertools.count()
         self._wake: RespSubscription | None = None
+        self._node_subs: dict[str, RespSubscription] = {}
+        self._open: dict[str, int] = {}
         self._next_due: float | None = None
         self._cq: list[str] = []
 
@@ -182,7 +185,6 @@ class RespStore(Store):
         try:
             await self.conn.connect()
             await self.conn.execute("PING")
-            self._wake = await self.conn.subscribe([self.p + "wake"])
         except StoreError:
             await self.conn.close()
             raise
@@ -192,9 +194,18 @@ class RespStore(Store):
                              f"{type(exc).__name__}: {exc}") from exc
 
     async def stop(self) -> None:
-        if self._wake is not None:
-            wake, self._wake = self._wake, None
-            await wake.close()
+        for node in list(self._open):
+            with anyio.CancelScope(shield=True):
+                try:
+                    left = await self._close_registration(node)
+                    if left:
+                        await self.release(node, [i.uuid for i in left])
+                except StoreError as exc:
+                    _log.warning("%s store: closing the wait of node %s failed: %s", self.name, node, exc)
+        subs = [s for s in (self._wake, *self._node_subs.values()) if s is not None]
+        self._wake, self._node_subs = None, {}
+        for sub in subs:
+            await sub.close()
         await self.conn.close()
 
     async def _run(self, name: str, *args: Any) -> Any:
@@ -238,18 +249,92 @@ class RespStore(Store):
     async def claim(self, node: str, limit: int, lease: float) -> list[Instance]:
         if limit <= 0:
             return []
-        out = await self._run("claim", node, limit, _num(lease))
-        self._next_due = float(out[1]) if out[1] not in ("", None) else None
-        found = [self._decode(flat) for flat in out[2:]]
+        found = self._claimed(await self._run("claim", node, limit, _num(lease)))
         await self._flush_corrupt()
-        return [i for i in found if i is not None]
+        return found
+
+    async def claim_or_wait(self, node: str, limit: int, lease: float, timeout: float) -> list[Instance]:
+        """Claim; if nothing is ready, register as waiting: an enqueue then claims for this node and
+        sends the instances in the wake-up message itself, so they start with no further round trip.
+
+        The registration is closed at the start of the next call (or at stop), collecting anything
+        handed meanwhile, so closing it costs nothing on the path from enqueue to start.
+        """
+        channel = f"{self.p}node:{node}"
+        sub = self._node_subs.get(node)
+        if sub is None:
+            sub = self._node_subs[node] = await self.conn.subscribe([channel, self.p + "wake"])
+        got = await self._close_registration(node)
+        if got or limit <= 0:
+            return got
+        out = await self._run("idle", node, limit, _num(lease), _num(timeout))
+        found = self._claimed(out)
+        if found:
+            return found
+        self._open[node] = 0  # registered; counts instances received through it
+        wait = timeout
+        if self._next_due is not None:
+            wait = min(wait, max(0.0, self._next_due - time.time()))
+        done = False
+        try:
+            msg = await sub.next_message(wait)
+            if msg is not None and msg[0] == channel:
+                got = self._handed(msg[1])
+                self._open[node] += len(got)
+            done = True
+        finally:
+            if not done:  # cancelled (the node is stopping): close now and give back what came
+                with anyio.CancelScope(shield=True):
+                    got += await self._close_registration(node)
+                    if got:
+                        await self.release(node, [i.uuid for i in got])
+        return got
+
+    async def _close_registration(self, node: str) -> list[Instance]:
+        """End this node's waiting registration; returns instances handed to it not yet received."""
+        received = self._open.pop(node, None)
+        if received is None:
+            return []
+        sub, channel = self._node_subs[node], f"{self.p}node:{node}"
+        handed = int(await self._run("unidle", node))
+        got: list[Instance] = []
+        while received + len(got) < handed:
+            msg = await sub.next_message(2.0)
+            if msg is None:
+                _log.warning("%s store: %d handed instance(s) did not arrive; their leases will expire and "
+                             "they will run again", self.name, handed - received - len(got))
+                break
+            if msg[0] == channel:
+                got += self._handed(msg[1])
+        while (extra := await sub.next_message(0)) is not None:  # wake-ups piled up meanwhile
+            if extra[0] == channel:
+                got += self._handed(extra[1])
+        return got
+
+    def _claimed(self, out: list[Any]) -> list[Instance]:
+        self._next_due = float(out[1]) if out[1] not in ("", None) else None
+        return [i for i in (self._decode(flat) for flat in out[2:]) if i is not None]
+
+    def _handed(self, payload: str) -> list[Instance]:
+        try:
+            hashes = json.loads(payload)
+        except ValueError as exc:
+            self._report_corrupt(f"{self.p}node-message", f"{exc}: {payload[:200]}")
+            return []
+        return [i for i in (self._decode(h) for h in hashes) if i is not None]
 
     async def wait_ready(self, timeout: float) -> None:
         # Called after a claim that found nothing ready: that claim also said when the next delayed
         # instance is due, and every enqueue, retry or re-queue publishes on the wake channel, to
         # which this store has listened since it started. So no round trip is needed here.
-        if self._wake is None:
-            raise StoreError(f"{self.name} store is not started")
+        if self._wake is None:  # made on first use: an unread subscription would pile up messages
+            self._wake = await self.conn.subscribe([self.p + "wake"])
+            # what was published before it existed went unheard: look once
+            ready, head = await self.conn.pipeline([["ZCARD", self.p + "ready"],
+                                                    ["ZRANGE", self.p + "delayed", 0, 0, "WITHSCORES"]])
+            if int(ready):
+                return
+            self._next_due = _first_score(head) if head else None
         if self._next_due is not None:
             timeout = min(timeout, max(0.0, self._next_due - time.time()))
             if timeout <= 0:

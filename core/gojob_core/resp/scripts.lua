@@ -92,6 +92,59 @@ local function claim_into(out, node, limit, lease, t)
   if #head > 0 then out[2] = head[2] end
 end
 
+-- Hand newly ready instances straight to nodes waiting for work (registered by the idle script): the
+-- claim is made here and the instances travel in the message to the node, which starts them with
+-- no further round trip. A registration past its deadline (its node went away) is dropped.
+local function handoff(t)
+  if redis.call('ZCARD', P .. 'ready') == 0 then return end
+  local idle = redis.call('HGETALL', P .. 'idle')
+  for j = 1, #idle, 2 do
+    local node = idle[j]
+    local limit, lease, deadline = string.match(idle[j + 1], '^(%S+) (%S+) (%S+)$')
+    limit, lease, deadline = tonumber(limit), tonumber(lease), tonumber(deadline)
+    if deadline == nil or deadline < t then
+      redis.call('HDEL', P .. 'idle', node)
+    else
+      local got = {t, ''}
+      claim_into(got, node, limit, lease, t)
+      local n = #got - 2
+      if n > 0 then
+        local payload = {}
+        for k = 3, #got do payload[#payload + 1] = got[k] end
+        redis.call('HINCRBY', P .. 'handed', node, n)
+        if n >= limit then
+          redis.call('HDEL', P .. 'idle', node)
+        else
+          redis.call('HSET', P .. 'idle', node, (limit - n) .. ' ' .. lease .. ' ' .. deadline)
+        end
+        redis.call('PUBLISH', P .. 'node:' .. node, cjson.encode(payload))
+      end
+      if redis.call('ZCARD', P .. 'ready') == 0 then return end
+    end
+  end
+end
+
+--! idle
+-- ARGV: prefix, node, limit, lease, wait -> like claim; when nothing is ready, registers the node as
+-- waiting (for `wait` seconds and a grace second) so that enqueues hand it instances directly.
+local node, limit, lease, wait = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local t = now()
+local out = {t, ''}
+claim_into(out, node, limit, lease, t)
+if #out == 2 and limit > 0 then
+  redis.call('HSET', P .. 'idle', node, limit .. ' ' .. string.format('%.6f', lease) .. ' ' ..
+             string.format('%.6f', t + wait + 1))
+  redis.call('HDEL', P .. 'handed', node)
+end
+return out
+
+--! unidle
+-- ARGV: prefix, node -> how many instances were handed to the node while it was registered
+redis.call('HDEL', P .. 'idle', ARGV[2])
+local n = redis.call('HGET', P .. 'handed', ARGV[2])
+redis.call('HDEL', P .. 'handed', ARGV[2])
+return tonumber(n or 0)
+
 --! enqueue
 -- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id, fields_json
 -- fields_json: the record's other fields as a JSON object of field -> string value (HSET as they are)
@@ -125,6 +178,7 @@ for k = 1, n do
     added = true
   end
 end
+if added then handoff(t) end
 wake()
 return out
 

@@ -20,7 +20,12 @@ class _Subscription(RespSubscription):
         self._pubsub = pubsub
 
     async def next_message(self, timeout: float) -> tuple[str, str] | None:
-        msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=max(0.0, timeout))
+        try:
+            msg = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=max(0.0, timeout))
+        except (RedisError, OSError) as exc:
+            # redis-py's PubSub reconnects and resubscribes on the next call; what was published
+            # meanwhile is lost, which the callers' safety nets (poll, heartbeat) cover
+            raise StoreError(f"redis store: subscription interrupted: {exc}") from exc
         if msg is None:
             return None
         return str(msg["channel"]), str(msg["data"])

@@ -109,7 +109,10 @@ class ValkeyConnection(RespConnection):
         except TimeoutError as exc:
             raise StoreError(f"valkey store: no answer from {o.host}:{o.port} within {o.connect_timeout}s") from exc
         except GlideError as exc:
-            raise StoreError(f"valkey store: cannot connect to {o.host}:{o.port}: {exc}") from exc
+            text = str(exc).strip()
+            if any(word in text.upper() for word in ("WRONGPASS", "NOAUTH", "AUTH")):
+                raise StoreError(f"valkey store: authentication failed at {o.host}:{o.port}: {text}") from exc
+            raise StoreError(f"valkey store: cannot connect to {o.host}:{o.port}: {text}") from exc
 
     async def connect(self) -> None:
         self.client = self._given if self._given is not None else await self._create()
