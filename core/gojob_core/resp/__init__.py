@@ -242,7 +242,7 @@ class RespStore(Store):
         args: list[Any] = [node or "", "1" if chained else "0", len(instances)]
         for inst in instances:
             args += [inst.uuid, inst.kind, str(inst.priority), _num(inst.ready_ts), inst.schedule_id or "",
-                     json.dumps(_static_fields(inst))]
+                     _num(inst.created_ts), json.dumps(_static_fields(inst))]
         out = await self._run("enqueue", *args)
         return [bool(int(x)) for x in out]
 
@@ -549,7 +549,7 @@ def _static_fields(inst: Instance) -> dict[str, str]:
     """The fields enqueue writes besides the indexed ones, every value a string."""
     return {
         "args": json.dumps(inst.args), "kwargs": json.dumps(inst.kwargs), "max_retries": str(inst.max_retries),
-        "timeout": "" if inst.timeout is None else repr(float(inst.timeout)), "created_ts": _num(inst.created_ts),
+        "timeout": "" if inst.timeout is None else repr(float(inst.timeout)),
         "crontab_spec": inst.crontab_spec or "", "timezone": inst.timezone or "", "schedule_id": inst.schedule_id or "",
     }
 

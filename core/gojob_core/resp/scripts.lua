@@ -12,16 +12,39 @@ local function jstr(s)
   if s == nil or s == false or s == '' then return 'null' end
   return cjson.encode(s)
 end
-local HN = 0
+-- State records are collected during a script and written by flush() at its end, a few ZADDs for
+-- all of them (one call per key costs far less than one per record).
+local HN, HG, HI, HORDER = 0, {}, {}, {}
 local function hist(uuid, kind, state, ts, attempt, node, detail)
   -- records written by one script call keep their order: each is a microsecond after the previous
   HN = HN + 1
   ts = ts + HN * 1e-6
+  local score = string.format('%.6f', ts)
   local rec = '{"uuid":' .. cjson.encode(uuid) .. ',"kind":' .. cjson.encode(kind) .. ',"state":"' .. state ..
-    '","ts":' .. string.format('%.6f', ts) .. ',"attempt":' .. (attempt or 0) .. ',"node":' .. jstr(node) ..
+    '","ts":' .. score .. ',"attempt":' .. (attempt or 0) .. ',"node":' .. jstr(node) ..
     ',"detail":' .. jstr(detail) .. '}'
-  redis.call('ZADD', P .. 'hist', ts, rec)
-  redis.call('ZADD', P .. 'hist:i:' .. uuid, ts, rec)
+  HG[#HG + 1] = score
+  HG[#HG + 1] = rec
+  local per = HI[uuid]
+  if per == nil then
+    per = {}
+    HI[uuid] = per
+    HORDER[#HORDER + 1] = uuid
+  end
+  per[#per + 1] = score
+  per[#per + 1] = rec
+end
+local function zadd_all(key, pairs_)
+  for i = 1, #pairs_, 1000 do
+    redis.call('ZADD', key, unpack(pairs_, i, math.min(i + 999, #pairs_)))
+  end
+end
+local function flush()
+  if #HG > 0 then
+    zadd_all(P .. 'hist', HG)
+    for _, uuid in ipairs(HORDER) do zadd_all(P .. 'hist:i:' .. uuid, HI[uuid]) end
+    HG, HI, HORDER = {}, {}, {}
+  end
 end
 local function ready_member(ready_ts, seq, uuid)
   return string.format('%017.0f', math.floor(ready_ts * 1e6)) .. ':' .. string.format('%015.0f', seq) .. ':' .. uuid
@@ -136,6 +159,7 @@ if #out == 2 and limit > 0 then
              string.format('%.6f', t + wait + 1))
   redis.call('HDEL', P .. 'handed', node)
 end
+flush()
 return out
 
 --! unidle
@@ -146,15 +170,16 @@ redis.call('HDEL', P .. 'handed', ARGV[2])
 return tonumber(n or 0)
 
 --! enqueue
--- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id, fields_json
--- fields_json: the record's other fields as a JSON object of field -> string value (HSET as they are)
+-- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id,
+-- created_ts, fields_json (the record's other fields: a JSON object of field -> string value)
 local node, chained, n = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local t = now()
 local out, added = {}, false
 local i = 5
 for k = 1, n do
-  local uuid, kind, prio, ready, sid, fields = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
+  local uuid, kind, prio, ready, sid, created, fields =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   local key = P .. 'inst:' .. uuid
   if redis.call('EXISTS', key) == 1 or (chained and sid ~= '' and redis.call('SISMEMBER', P .. 'sched:canceled', sid) == 1) then
     out[k] = 0
@@ -163,23 +188,34 @@ for k = 1, n do
       if not chained then redis.call('SREM', P .. 'sched:canceled', sid) end
       redis.call('SADD', P .. 'sched:' .. sid, uuid)
     end
+    local seq = redis.call('INCR', P .. 'seq')
     local args = {'HSET', key, 'uuid', uuid, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'state', 'SCHEDULED',
-                  'attempts', 0, 'abandoned', 0, 'cancel', 0}
+                  'attempts', 0, 'abandoned', 0, 'cancel', 0, 'seq', seq, 'created_ts', created}
     for f, v in pairs(cjson.decode(fields)) do
       args[#args + 1] = f
       args[#args + 1] = v
     end
     redis.call(unpack(args))
-    redis.call('ZADD', P .. 'all', tonumber(redis.call('HGET', key, 'created_ts')) or t, uuid)
+    redis.call('ZADD', P .. 'all', created, uuid)
     hist(uuid, kind, 'CREATED', t, 0, node, nil)
     hist(uuid, kind, 'SCHEDULED', t, 0, node, nil)
-    push(key, uuid, t)
+    redis.call('HINCRBY', P .. 'queued', kind, 1)
+    local ready_ts = tonumber(ready)
+    if ready_ts <= t then
+      if not WAKE and redis.call('ZCARD', P .. 'ready') == 0 then WAKE = true end
+      redis.call('ZADD', P .. 'ready', tonumber(prio), ready_member(ready_ts, seq, uuid))
+    else
+      local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+      if #head == 0 or tonumber(head[2]) > ready_ts then WAKE = true end
+      redis.call('ZADD', P .. 'delayed', ready_ts, uuid)
+    end
     out[k] = 1
     added = true
   end
 end
-if added then handoff(t) end
+if added and WAKE then handoff(t) end
 wake()
+flush()
 return out
 
 --! claim
@@ -187,6 +223,7 @@ return out
 local t = now()
 local out = {t, ''}
 claim_into(out, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), t)
+flush()
 return out
 
 --! extend
@@ -238,6 +275,7 @@ for _, uuid in ipairs(expired) do
   end
 end
 wake()
+flush()
 return out
 
 --! finish
@@ -285,6 +323,7 @@ local claimed = {t, ''}
 if limit > 0 then claim_into(claimed, node, limit, lease, t) end
 out[#out + 1] = claimed[2]
 for j = 3, #claimed do out[#out + 1] = claimed[j] end
+flush()
 return out
 
 --! release
@@ -305,6 +344,7 @@ for i = 3, #ARGV do
   end
 end
 wake()
+flush()
 return 1
 
 --! cancel
@@ -334,6 +374,7 @@ for _, u in ipairs(targets) do
     redis.call('PUBLISH', P .. 'cancel', u)
   end
 end
+flush()
 return redis.call('HGETALL', key)
 
 --! clear
