@@ -47,7 +47,6 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-
 import gojob_core
 from gojob_core import Job, Manager, Query, State
 
@@ -255,7 +254,7 @@ async def run_latency(n: int, workers: int, executor: str, seed: int) -> dict[st
     rng = random.Random(seed)
     before = [0.0] * n
     async with Manager(store="memory://", num_workers=workers, autoload_plugins=AUTOLOAD[0]) as mgr:
-        for k in range(WARMUP):  # warm the path (and the thread pool); not measured
+        for _ in range(WARMUP):  # warm the path (and the thread pool); not measured
             events[0] = None
             await mgr.wait(await mgr.schedule_job(job, arguments=(0,)), timeout=30)
         hits[0] = 0

@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-
 import gojob_core as gojob
 from gojob_core.testing.servers import find_redis_server, find_valkey_server, start_resp_server
 
@@ -64,7 +63,8 @@ async def _run_mode(url: str, prefix: str, mode: str, n: int, counter: Any, hits
         pass
 
     job = gojob.Job(kind="bench.noop", executor=body)
-    async with gojob.Manager(store=url, num_workers=0, store_options={"prefix": prefix}, node_id="bench-producer") as mgr:
+    async with gojob.Manager(store=url, num_workers=0, store_options={"prefix": prefix},
+                             node_id="bench-producer") as mgr:
         await mgr.register_job(job)
         if mode == "latency":
             rng = random.Random(1)

@@ -48,7 +48,6 @@ def _peers_dir() -> str:
 
 sys.path.insert(0, os.path.abspath(_peers_dir()))
 import peerlib  # noqa: E402
-
 from gojob_core import Job, Manager  # noqa: E402
 
 

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import anyio
-
 from gojob_core import Instance, Job, Manager
 
 

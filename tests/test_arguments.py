@@ -9,12 +9,12 @@ import functools
 import json
 import typing
 import uuid
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, Literal, NewType, Optional, Sequence, TypedDict, Union
+from typing import Annotated, Any, Literal, NewType, Optional, TypedDict, Union
 
 import pytest
-
 from gojob_core._arguments import (
     PLACEHOLDER,
     ExecutorSignature,
@@ -46,7 +46,7 @@ INJECTABLE = {Instance: "instance", Manager: "manager", Context: "context"}
 CTX, INST = Context(), Instance()
 INJECTIONS = {"context": CTX, "instance": INST}
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @dataclasses.dataclass
@@ -66,7 +66,7 @@ class Point:
 class Shape:
     name: str
     points: list[Point]
-    origin: Optional[Point] = None
+    origin: Point | None = None
     tags: set[str] = dataclasses.field(default_factory=set)
     area: float = dataclasses.field(init=False, default=0.0)
 
@@ -206,7 +206,7 @@ def test_a_value_for_an_injected_parameter_is_an_error() -> None:
 
 
 def test_injection_by_subclass_optional_and_keyword_only() -> None:
-    def job(a: int, ctx: Optional[SubContext] = None, *, inst: Instance | None, m: Manager) -> tuple[Any, ...]:
+    def job(a: int, ctx: SubContext | None = None, *, inst: Instance | None, m: Manager) -> tuple[Any, ...]:
         return a, ctx, inst, m
 
     signature = sig(job)
@@ -406,9 +406,9 @@ def test_not_callable() -> None:
         ExecutorSignature.of("broken", 42, INJECTABLE)  # type: ignore[arg-type]
 
 
-def forward_refs(inst: "gojob.Instance", n: "int", when: "Undefined",  # type: ignore[name-defined] # noqa: F821
-                 opt: "Optional[Context]" = None,
-                 *, m: "Manager | None" = None, items: "list[int]" = ()) -> None:  # type: ignore[assignment]
+def forward_refs(inst: gojob.Instance, n: int, when: Undefined,  # type: ignore[name-defined] # noqa: F821
+                 opt: Context | None = None,
+                 *, m: Manager | None = None, items: list[int] = ()) -> None:  # type: ignore[assignment]
     pass
 
 
@@ -432,7 +432,7 @@ def test_annotation_objects() -> None:
 
 
 def test_resolvable_string_annotations() -> None:
-    def job(c: "ConcatString", when: "dt.datetime") -> None:
+    def job(c: ConcatString, when: dt.datetime) -> None:
         pass
 
     assert roundtrip(sig(job), [{"A": "a", "B": "b"}, 0]) == (
@@ -531,7 +531,7 @@ COERCE_CASES = [
     ((1, 2), Sequence[str], ["1", "2"]),
     ((1, 2), list, [1, 2]),
     ([1, 2], tuple, (1, 2)),
-    ('["a"]', typing.List[str], ["a"]),
+    ('["a"]', list[str], ["a"]),
     ({"a": "1"}, dict[str, int], {"a": 1}),
     ('{"a": 1}', dict[str, int], {"a": 1}),
     ({"1": "x"}, dict[int, str], {1: "x"}),
@@ -610,7 +610,7 @@ def test_coerce_errors(value: Any, hint: Any, detail: str | None) -> None:
     with pytest.raises(ArgumentError) as excinfo:
         coerce(value, hint, kind="kind1", parameter="param1")
     text = message_of(excinfo)
-    assert text.startswith(f"job 'kind1': parameter 'param1' expects ")
+    assert text.startswith("job 'kind1': parameter 'param1' expects ")
     assert f"cannot convert {value!r}" in text
     if detail:
         assert detail in text
@@ -688,7 +688,7 @@ def test_to_jsonable_cycle() -> None:
 def test_round_trip_of_every_convertible_type() -> None:
     def job(ctx: Context, when: dt.datetime, day: dt.date, at: dt.time, wait: dt.timedelta, price: Decimal,
             id: uuid.UUID, path: Path, color: Color, level: Level, pair: tuple[int, str], ids: set[int],
-            by_level: dict[Level, list[Point]], shape: Shape, blob: bytes, maybe: Optional[Point] = None,
+            by_level: dict[Level, list[Point]], shape: Shape, blob: bytes, maybe: Point | None = None,
             *, mode: Literal["fast", "slow"] = "fast") -> None:
         pass
 

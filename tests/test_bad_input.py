@@ -6,9 +6,8 @@ import threading
 import time
 
 import anyio
-import pytest
-
 import gojob_core as gojob
+import pytest
 from gojob_core import Job, Manager, Query, State
 
 pytestmark = pytest.mark.anyio

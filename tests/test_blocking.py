@@ -9,7 +9,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 from gojob_core import (
     ArgumentError,
     BlockingManager,

@@ -8,15 +8,14 @@ import zoneinfo
 from collections import Counter
 
 import anyio
+import gojob_core as gojob
 import pytest
 from croniter import croniter
-
-import gojob_core as gojob
 from gojob_core import Instance, Job, Manager, MemoryStore, Query, ScheduleError, State
 from gojob_core._cron import CronSchedule
 
 NY = zoneinfo.ZoneInfo("America/New_York")
-UTC = dt.timezone.utc
+UTC = dt.UTC
 #: croniter reads a sixth field as seconds; "* * * * * *" fires every second.
 EVERY_SECOND = "* * * * * *"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from gojob_core import MemoryStore, Store
 from gojob_core.testing import StoreConformance
 

@@ -6,9 +6,8 @@ from collections.abc import Iterable
 
 import anyio
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from gojob_core import Instance, Job, Manager, State
+from prometheus_client.parser import text_string_to_metric_families
 
 KINDS = ("m.ok", "m.fail", "m.slow", "m.later")
 #: the go-job families that carry a ``kind`` label (a histogram's buckets add ``le``)

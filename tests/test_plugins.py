@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import gojob_core
 import pluggy
 import pytest
+from gojob_core import Context, Instance, Job, Manager, MemoryStore, Query, State, UnknownStoreError, hookimpl
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
-
-import gojob_core
-from gojob_core import Context, Instance, Job, Manager, MemoryStore, Query, State, UnknownStoreError, hookimpl
 
 
 def _mgr(*plugins: object, **options: Any) -> Manager:
@@ -573,7 +572,7 @@ async def test_plugin_metrics_appear_in_the_exposition() -> None:
     assert "go_job_executed" in families  # the built-in metrics are in the same registry
 
 
-# -- addhooks -----------------------------------------------------------------------------------------------------------
+# -- addhooks ----------------------------------------------------------------------------------------------------
 _myspec = pluggy.HookspecMarker("gojob")
 
 

@@ -6,7 +6,6 @@ import random
 
 import anyio
 import pytest
-
 from gojob_core import Job, Manager, Query, State
 
 pytestmark = pytest.mark.anyio

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.resources
 
-import pytest
-
 import gojob_core
+import pytest
 
 #: The public names. Adding one is a decision: update this list in the same change.
 PINNED_ALL = [

@@ -26,10 +26,9 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from gojob_core import Instance, Job, Manager, Query, State, StoreError
 from gojob_core.testing.servers import Server, find_redis_server, find_valkey_server, free_port, start_resp_server
+from redis.exceptions import RedisError
 
 pytestmark = pytest.mark.anyio
 

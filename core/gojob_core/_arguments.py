@@ -22,9 +22,10 @@ import sys
 import types
 import typing
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import PurePath
-from typing import Any, Callable, Final, Mapping, Sequence
+from typing import Any, Final
 
 from .errors import ArgumentError, InvalidJobError, UnserializableArgumentError
 
@@ -185,7 +186,7 @@ _SIMPLE: dict[type, _Converter] = {
     int: _to_int, bool: _to_bool, str: _to_str, bytes: _to_bytes,
     float: _simple(float, float, float),
     dt.datetime: _simple(dt.datetime, dt.datetime.fromisoformat,
-                         lambda n: dt.datetime.fromtimestamp(n, tz=dt.timezone.utc)),
+                         lambda n: dt.datetime.fromtimestamp(n, tz=dt.UTC)),
     dt.date: lambda v: v.date() if isinstance(v, dt.datetime) else _from_date(v),
     dt.time: _simple(dt.time, dt.time.fromisoformat),
     dt.timedelta: _simple(dt.timedelta, _parse_duration, lambda n: dt.timedelta(seconds=float(n))),

@@ -25,7 +25,7 @@ def resolve_timezone(tz: str | _dt.tzinfo | None, *, kind: str) -> tuple[_dt.tzi
         return _local_tz(), None
     if isinstance(tz, _dt.tzinfo):
         key = getattr(tz, "key", None)
-        if key is None and tz is _dt.timezone.utc:
+        if key is None and tz is _dt.UTC:
             key = "UTC"
         if key is None:
             raise ScheduleError(f"job {kind!r}: timezone {tz!r} has no IANA name; pass a name like 'Europe/Paris'")
@@ -41,7 +41,7 @@ def _local_tz() -> _dt.tzinfo:
         return zoneinfo.ZoneInfo("localtime")
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         local = _dt.datetime.now().astimezone().tzinfo
-        return local if local is not None else _dt.timezone.utc
+        return local if local is not None else _dt.UTC
 
 
 class CronSchedule:

@@ -11,10 +11,10 @@ import dataclasses
 import datetime as _dt
 import inspect
 import json
+import logging
 import math
 import os
 import random
-from random import getrandbits as _getrandbits
 import socket
 import uuid as _uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -49,6 +49,8 @@ from .errors import (
 
 __all__ = ["Manager"]
 
+_log = logging.getLogger("gojob")
+_getrandbits = random.getrandbits
 _NAMESPACE = _uuid.UUID("6f1d3c2e-9a57-4d0b-8f43-3c1b7a9e5d21")
 _UNSET: Any = object()
 _RETIRE: Any = None  # sent to the worker stream to retire one worker
@@ -523,7 +525,8 @@ class Manager:
         for _ in range(8):
             fire = cron.next_after(fire)
             fresh = inst.copy()
-            fresh.uuid, fresh.ready_ts, fresh._sink = _occurrence_uuid(inst.schedule_id or "", fire), fire, self._log_sink
+            fresh.uuid, fresh.ready_ts = _occurrence_uuid(inst.schedule_id or "", fire), fire
+            fresh._sink = self._log_sink
             [ok] = await self.store.enqueue([fresh], node=self.node_id)
             if ok:
                 return fresh, True
@@ -945,9 +948,7 @@ class Manager:
             await self.store.append_logs(batch)
 
     def _report(self, message: str) -> None:
-        import logging
-
-        logging.getLogger("gojob").warning("node %s: %s", self.node_id, message)
+        _log.warning("node %s: %s", self.node_id, message)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------

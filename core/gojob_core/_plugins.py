@@ -85,7 +85,8 @@ class Plugins:
                     other = found.get(scheme)
                     if other is not None and other is not cls:
                         raise ValueError(f"store scheme {scheme!r} is claimed by both "
-                                         f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+                                         f"{other.__module__}.{other.__qualname__} and "
+                                         f"{cls.__module__}.{cls.__qualname__}")
                     found[scheme] = cls
         return found
 

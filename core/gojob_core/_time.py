@@ -24,7 +24,7 @@ def from_epoch(ts: float | None) -> _dt.datetime | None:
     """An aware UTC datetime from epoch seconds (None stays None)."""
     if ts is None:
         return None
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC)
 
 
 def seconds(value: float | int | _dt.timedelta, *, what: str) -> float:

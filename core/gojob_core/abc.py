@@ -148,7 +148,8 @@ class Store(abc.ABC):
     async def reclaim_expired(self, node: str) -> list[Instance]:
         """Re-queue instances whose lease expired (their node died); returns them as re-queued.
 
-        Each gets ``abandoned`` + 1 (abandoned attempts do not use up retries) and a history record of the abandoned attempt (the attempt's state PROCESSING ends with
+        Each gets ``abandoned`` + 1 (abandoned attempts do not use up retries) and a history record
+        of the abandoned attempt (the attempt's state PROCESSING ends with
         state SCHEDULED, detail naming the node that lost it). One whose cancel was asked is CANCELED.
         """
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from contextlib import aclosing
 import uuid as _uuid
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import anyio

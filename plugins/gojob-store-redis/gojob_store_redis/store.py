@@ -7,10 +7,9 @@ from typing import Any, ClassVar
 
 import anyio
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
-
 from gojob_core import StoreError
 from gojob_core.resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
+from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
 
 __all__ = ["RedisConnection", "RedisStore"]
 
@@ -37,7 +36,8 @@ class _Subscription(RespSubscription):
 class RedisConnection(RespConnection):
     """redis-py asyncio: one client with a blocking pool (waits for a free connection instead of failing)."""
 
-    def __init__(self, options: RespOptions, *, client: aioredis.Redis | None = None, max_connections: int = 64) -> None:
+    def __init__(self, options: RespOptions, *, client: aioredis.Redis | None = None,
+                 max_connections: int = 64) -> None:
         self.options = options
         self._given = client
         self._max = max_connections

@@ -6,12 +6,10 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-
 from gojob_core import Store
 from gojob_core.testing import StoreConformance
 from gojob_core.testing.servers import Server
 from gojob_store_redis import RedisStore
-
 
 
 class TestRedisStore(StoreConformance):

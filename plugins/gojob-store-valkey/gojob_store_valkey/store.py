@@ -23,7 +23,6 @@ from glide import (
     Script,
     ServerCredentials,
 )
-
 from gojob_core import StoreError
 from gojob_core.resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
 

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-
 from gojob_core import Store
 from gojob_core.testing import StoreConformance
 from gojob_core.testing.servers import Server
