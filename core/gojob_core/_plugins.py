@@ -114,34 +114,29 @@ class Plugins:
     # A plugin's bug must not take the node down or strand an instance: per-instance hooks that raise
     # are reported (on the instance's log and the "gojob" logger) and the instance goes on.
     def state_changed(self, manager: Manager, instance: Instance, state: State) -> None:
-        impls = self._state_changed_impls
-        if impls is None:  # a wrapper is registered: pluggy must dispatch
-            try:
-                self._hook.gojob_instance_state_changed(manager=manager, instance=instance, state=state)
-            except Exception as exc:
-                _hook_failed("gojob_instance_state_changed", instance, exc)
-            return
-        args = (manager, instance, state)
-        for fn, idx in impls:  # one failing plugin does not hide the event from the others
-            try:
-                fn(*[args[i] for i in idx])
-            except Exception as exc:
-                _hook_failed("gojob_instance_state_changed", instance, exc)
+        self._each("gojob_instance_state_changed", self._state_changed_impls,
+                   {"manager": manager, "instance": instance, "state": state})
 
     def completed(self, manager: Manager, instance: Instance, results: list[Any]) -> None:
-        impls = self._completed_impls
+        self._each("gojob_instance_completed", self._completed_impls,
+                   {"manager": manager, "instance": instance, "results": results})
+
+    def _each(self, hook: str, impls: list[tuple[Any, tuple[int, ...]]] | None, kwargs: dict[str, Any]) -> None:
+        """Call every implementation of a per-instance hook; one failing does not hide the event
+        from the others (each failure is reported). ``kwargs`` are in the hook's argument order."""
+        instance = kwargs["instance"]
         if impls is None:  # a wrapper is registered: pluggy must dispatch
             try:
-                self._hook.gojob_instance_completed(manager=manager, instance=instance, results=results)
+                getattr(self._hook, hook)(**kwargs)
             except Exception as exc:
-                _hook_failed("gojob_instance_completed", instance, exc)
+                _hook_failed(hook, instance, exc)
             return
-        args = (manager, instance, results)
-        for fn, idx in impls:  # one failing plugin does not hide the event from the others
+        args = tuple(kwargs.values())
+        for fn, idx in impls:
             try:
                 fn(*[args[i] for i in idx])
             except Exception as exc:
-                _hook_failed("gojob_instance_completed", instance, exc)
+                _hook_failed(hook, instance, exc)
 
     def terminated(self, manager: Manager, instance: Instance, error: BaseException) -> BaseException | bool | None:
         try:

@@ -217,14 +217,14 @@ class Store(abc.ABC):
 
         The default polls :meth:`get_instance` with a growing interval; stores that can, notify.
         """
-        interval = 0.005
+        interval = 0.002
         with anyio.move_on_after(timeout):
             while True:
                 inst = await self.get_instance(uuid)
                 if inst is None or inst.state.is_final:
                     return inst
                 await anyio.sleep(interval)
-                interval = min(interval * 2, 0.5)
+                interval = min(interval * 1.5, 0.1)
         return await self.get_instance(uuid)
 
     # -- history and logs ----------------------------------------------------------------------------

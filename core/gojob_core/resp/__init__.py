@@ -384,7 +384,10 @@ class RespStore(Store):
             await self._run("release", node, *uuids)
 
     async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
-        flat = await self._run("cancel", uuid, node or "")
+        return await self._one(uuid, await self._run("cancel", uuid, node or ""))
+
+    async def _one(self, uuid: str, flat: Any) -> Instance | None:
+        """One instance from its hash; None if absent; CorruptRecordError (and set aside) if undecodable."""
         if not flat:
             return None
         inst = self._decode(flat)
@@ -405,29 +408,23 @@ class RespStore(Store):
                 await sub.close()
 
     async def get_instance(self, uuid: str) -> Instance | None:
-        flat = await self.conn.execute("HGETALL", self.p + "inst:" + uuid)
-        if not flat:
-            return None
-        inst = self._decode(flat)
-        await self._flush_corrupt()
-        if inst is None:
-            raise CorruptRecordError(f"{self.p}inst:{uuid}", "cannot be decoded (set aside)")
-        return inst
+        return await self._one(uuid, await self.conn.execute("HGETALL", self.p + "inst:" + uuid))
 
-    async def _uuids_by_creation(self, query: Query) -> list[str]:
+    async def _range(self, key: str, query: Query) -> list[str]:
+        """Every member of a ZSET scored within the query's time range, a page at a time."""
         lo = "-inf" if query.since_ts is None else _num(query.since_ts)
         hi = "+inf" if query.until_ts is None else _num(query.until_ts)
         out: list[str] = []
         offset = 0
         while True:
-            page = await self.conn.execute("ZRANGEBYSCORE", self.p + "all", lo, hi, "LIMIT", offset, _PAGE)
+            page = await self.conn.execute("ZRANGEBYSCORE", key, lo, hi, "LIMIT", offset, _PAGE)
             out.extend(page)
             if len(page) < _PAGE:
                 return out
             offset += _PAGE
 
     async def list_instances(self, query: Query) -> list[Instance]:
-        uuids = [query.uuid] if query.uuid is not None else await self._uuids_by_creation(query)
+        uuids = [query.uuid] if query.uuid is not None else await self._range(self.p + "all", query)
         found: list[Instance] = []
         for i in range(0, len(uuids), _PAGE):
             chunk = uuids[i:i + _PAGE]
@@ -451,34 +448,11 @@ class RespStore(Store):
         pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2])
         return {k: int(v) for k, v in pairs if int(v) > 0}
 
-    async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
-        interval = 0.002
-        with anyio.move_on_after(timeout):
-            while True:
-                inst = await self.get_instance(uuid)
-                if inst is None or inst.state.is_final:
-                    return inst
-                await anyio.sleep(interval)
-                interval = min(interval * 1.5, 0.1)
-        return await self.get_instance(uuid)
-
     # -- history and logs ----------------------------------------------------------------------------
-    async def _members(self, base: str, query: Query) -> list[str]:
-        key = f"{self.p}{base}:i:{query.uuid}" if query.uuid is not None else self.p + base
-        lo = "-inf" if query.since_ts is None else _num(query.since_ts)
-        hi = "+inf" if query.until_ts is None else _num(query.until_ts)
-        out: list[str] = []
-        offset = 0
-        while True:
-            page = await self.conn.execute("ZRANGEBYSCORE", key, lo, hi, "LIMIT", offset, _PAGE)
-            out.extend(page)
-            if len(page) < _PAGE:
-                return out
-            offset += _PAGE
-
     async def _records(self, base: str, query: Query, decode: Any) -> list[tuple[str, Any]]:
         found = []
-        for member in await self._members(base, query):
+        key = f"{self.p}{base}:i:{query.uuid}" if query.uuid is not None else self.p + base
+        for member in await self._range(key, query):
             try:
                 rec = decode(json.loads(member))
             except (ValueError, KeyError, TypeError) as exc:
