@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 KINDS = ("m.ok", "m.fail", "m.slow", "m.later")
 #: the go-job families that carry a ``kind`` label (a histogram's buckets add ``le``)
 BY_KIND = ("go_job_executed", "go_job_completed", "go_job_terminated", "go_job_timedout", "go_job_canceled",
-           "go_job_retried", "go_job_queued", "go_job_duration_seconds")
+           "go_job_retried", "go_job_queued", "go_job_duration_seconds", "go_job_wait_seconds",
+           "go_job_oldest_ready_age_seconds", "go_job_running")
 
 
 class Boom(Exception):
@@ -221,3 +222,33 @@ async def test_go_job_families_are_all_there(exposition: bytes) -> None:
     names = _names(_parse(exposition))
     assert {"go_job_registered", "go_job_workers", "go_job_queued", "go_job_executed", "go_job_completed",
             "go_job_terminated", "go_job_canceled", "go_job_timedout", "go_job_duration_seconds"} <= names
+
+
+async def test_wait_histogram_measures_ready_to_start(exposition: bytes) -> None:
+    fams = _parse(exposition)
+    count = _by_kind(fams, "go_job_wait_seconds", "go_job_wait_seconds_count")
+    assert [_get(count, k) for k in KINDS] == [2, 2, 1, 0]  # one per attempt, like go_job_executed
+    total = _by_kind(fams, "go_job_wait_seconds", "go_job_wait_seconds_sum")
+    assert 0 <= _get(total, "m.ok") < 5
+
+
+async def test_oldest_ready_age_reports_how_long_the_queue_waits() -> None:
+    async with Manager(num_workers=1, autoload_plugins=False) as mgr:
+        await mgr.resize_workers(0)  # nothing runs: the queue only ages
+        job = Job(kind="m.age", executor=lambda: None)
+        await mgr.schedule_job(job)
+        await mgr.schedule_job(job, schedule_after=60)  # not due: not counted as waiting
+        await anyio.sleep(0.3)
+        mgr.metrics.set_queued(await mgr.store.queue_counts(), await mgr.store.oldest_ready())
+        fams = _parse(mgr.metrics.exposition())
+        age = _by_kind(fams, "go_job_oldest_ready_age_seconds", "go_job_oldest_ready_age_seconds")
+        assert 0.25 <= _get(age, "m.age") < 10
+        assert _get(_by_kind(fams, "go_job_queued", "go_job_queued"), "m.age") == 2
+        await mgr.resize_workers(1)
+        with anyio.fail_after(10):
+            while (await mgr.store.queue_counts()).get("m.age", 0) > 1:
+                await anyio.sleep(0.01)
+        mgr.metrics.set_queued(await mgr.store.queue_counts(), await mgr.store.oldest_ready())
+        age = _by_kind(_parse(mgr.metrics.exposition()), "go_job_oldest_ready_age_seconds",
+                       "go_job_oldest_ready_age_seconds")
+        assert _get(age, "m.age") == 0  # only the delayed one is left

@@ -324,6 +324,14 @@ class MemoryStore(Store):
                 counts[inst.kind] = counts.get(inst.kind, 0) + 1
         return counts
 
+    async def oldest_ready(self) -> dict[str, float]:
+        ts = now()
+        oldest: dict[str, float] = {}
+        for inst in self._instances.values():
+            if inst.state is State.SCHEDULED and inst.ready_ts <= ts and inst.ready_ts < oldest.get(inst.kind, ts + 1):
+                oldest[inst.kind] = inst.ready_ts
+        return oldest
+
     async def clear_instances(self, query: Query) -> int:
         gone = [u for u, i in self._instances.items()
                 if query.matches_instance(i) and i.state is not State.PROCESSING]

@@ -40,15 +40,36 @@ _FINAL = {State.COMPLETED: "completed", State.TERMINATED: "terminated", State.CA
           State.TIMED_OUT: "timedout"}
 
 
+class _Histogram:
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, v: float) -> None:
+        self.buckets[bisect.bisect_left(BUCKETS, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def add_to(self, family: HistogramMetricFamily, kind: str) -> None:
+        cumulative, acc = [], 0
+        for bound, n in zip((*BUCKETS, float("inf")), self.buckets):
+            acc += n
+            cumulative.append((_bound(bound), acc))
+        family.add_metric([kind], cumulative, sum_value=self.sum)
+
+
 class _KindStats:
-    __slots__ = ("buckets", "canceled", "completed", "count", "executed", "retried", "running", "sum",
-                 "terminated", "timedout")
+    __slots__ = ("canceled", "completed", "duration", "executed", "retried", "running", "terminated", "timedout",
+                 "wait")
 
     def __init__(self) -> None:
         self.executed = self.completed = self.terminated = self.canceled = self.timedout = 0
-        self.retried = self.running = self.count = 0
-        self.sum = 0.0
-        self.buckets = [0] * (len(BUCKETS) + 1)
+        self.retried = self.running = 0
+        self.duration = _Histogram()  # attempt start -> end
+        self.wait = _Histogram()  # ready -> attempt start
 
 
 class ManagerMetrics(Collector):
@@ -58,6 +79,7 @@ class ManagerMetrics(Collector):
         self.manager = manager
         self._kinds: dict[str, _KindStats] = {}
         self._queued: dict[str, int] = {}
+        self._oldest: dict[str, float] = {}
         self.reclaimed = 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -66,9 +88,10 @@ class ManagerMetrics(Collector):
         """The registry in the Prometheus text format (what ``/metrics`` serves)."""
         return generate_latest(self.registry)
 
-    def set_queued(self, counts: dict[str, int]) -> None:
-        """Refresh go_job_queued from the store's counts (the cluster's queue, not only this node's)."""
+    def set_queued(self, counts: dict[str, int], oldest: dict[str, float] | None = None) -> None:
+        """Refresh go_job_queued and the queue age from the store (the cluster's queue, not only this node's)."""
         self._queued = dict(counts)
+        self._oldest = dict(oldest or {})
 
     def add_reclaimed(self, n: int) -> None:
         self.reclaimed += n
@@ -86,6 +109,8 @@ class ManagerMetrics(Collector):
         if state is State.PROCESSING:
             st.executed += 1
             st.running += 1
+            if instance.started_ts is not None:
+                st.wait.observe(max(0.0, instance.started_ts - instance.ready_ts))
             return
         name = _FINAL.get(state)
         if name is None:
@@ -95,10 +120,7 @@ class ManagerMetrics(Collector):
         setattr(st, name, getattr(st, name) + 1)
         if instance.started_ts is not None and st.running > 0:
             st.running -= 1
-            d = max(0.0, time.time() - instance.started_ts)
-            st.buckets[bisect.bisect_left(BUCKETS, d)] += 1
-            st.sum += d
-            st.count += 1
+            st.duration.observe(max(0.0, time.time() - instance.started_ts))
 
     # -- scrape ------------------------------------------------------------------------------------
     def collect(self) -> Iterator[Metric]:
@@ -121,15 +143,22 @@ class ManagerMetrics(Collector):
             yield fam
         yield CounterMetricFamily("go_job_lease_reclaimed", "Instances re-queued after their node lost its lease",
                                   value=self.reclaimed)
-        hist = HistogramMetricFamily("go_job_duration_seconds",
-                                     "Histogram of job execution durations in seconds by kind", labels=["kind"])
+        duration = HistogramMetricFamily("go_job_duration_seconds",
+                                         "Histogram of job execution durations in seconds by kind", labels=["kind"])
+        wait = HistogramMetricFamily("go_job_wait_seconds", "Time from ready to start of each attempt, by kind",
+                                     labels=["kind"])
         for kind, st in sorted(self._kinds.items()):
-            cumulative, acc = [], 0
-            for bound, n in zip((*BUCKETS, float("inf")), st.buckets):
-                acc += n
-                cumulative.append((_bound(bound), acc))
-            hist.add_metric([kind], cumulative, sum_value=st.sum)
-        yield hist
+            st.duration.add_to(duration, kind)
+            st.wait.add_to(wait, kind)
+        yield duration
+        yield wait
+        oldest = GaugeMetricFamily("go_job_oldest_ready_age_seconds",
+                                   "Age of the longest-waiting due instance in the queue, by kind", labels=["kind"])
+        now = time.time()
+        for kind in sorted(set(self._queued) | set(self._kinds)):
+            ts = self._oldest.get(kind)
+            oldest.add_metric([kind], max(0.0, now - ts) if ts is not None else 0.0)
+        yield oldest
 
 
 def _bound(b: float) -> str:

@@ -23,6 +23,8 @@ conformance suite in :mod:`gojob_core.testing`. The rules a store must keep:
 from __future__ import annotations
 
 import abc
+import math
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -211,6 +213,19 @@ class Store(abc.ABC):
         for inst in await self.list_instances(Query(state=State.SCHEDULED)):
             counts[inst.kind] = counts.get(inst.kind, 0) + 1
         return counts
+
+    async def oldest_ready(self) -> dict[str, float]:
+        """Per kind, the ready time (epoch seconds) of the longest-waiting instance that is due now.
+
+        What ``go_job_oldest_ready_age_seconds`` reports. The default reads :meth:`list_instances`;
+        stores that keep an index override it.
+        """
+        now = time.time()
+        oldest: dict[str, float] = {}
+        for inst in await self.list_instances(Query(state=State.SCHEDULED)):
+            if inst.ready_ts <= now and inst.ready_ts < oldest.get(inst.kind, math.inf):
+                oldest[inst.kind] = inst.ready_ts
+        return oldest
 
     async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
         """Wait until the instance is final (or the timeout passes); returns it as it then is.

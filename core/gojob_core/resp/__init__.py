@@ -443,6 +443,12 @@ class RespStore(Store):
             removed += int(await self._run("clear", *uuids[i:i + _PAGE]))
         return removed
 
+    async def oldest_ready(self) -> dict[str, float]:
+        kinds = list(await self.queue_counts())
+        heads = await self.conn.pipeline([["ZRANGEBYSCORE", f"{self.p}waiting:{k}", "-inf", _num(time.time()),
+                                           "LIMIT", 0, 1, "WITHSCORES"] for k in kinds]) if kinds else []
+        return {k: _first_score(h) for k, h in zip(kinds, heads) if h}
+
     async def queue_counts(self) -> dict[str, int]:
         flat = await self.conn.execute("HGETALL", self.p + "queued")
         pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2])

@@ -56,6 +56,7 @@ local WAKE = false
 local function push(key, uuid, t)
   local f = redis.call('HMGET', key, 'priority', 'ready_ts', 'kind')
   redis.call('HINCRBY', P .. 'queued', f[3], 1)
+  redis.call('ZADD', P .. 'waiting:' .. f[3], f[2], uuid)
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('HSET', key, 'seq', seq)
   local ready_ts = tonumber(f[2])
@@ -71,8 +72,10 @@ end
 local function wake()
   if WAKE then redis.call('PUBLISH', P .. 'wake', '1') end
 end
-local function unqueue(kind)
+-- an instance leaves the queue (claimed, canceled, cleared): counters and the per-kind index follow
+local function unqueue(kind, uuid)
   redis.call('HINCRBY', P .. 'queued', kind, -1)
+  redis.call('ZREM', P .. 'waiting:' .. kind, uuid)
 end
 local function final(uuid)
   redis.call('PUBLISH', P .. 'done', uuid)
@@ -100,7 +103,7 @@ local function claim_into(out, node, limit, lease, t)
       local key = P .. 'inst:' .. uuid
       local f = redis.call('HMGET', key, 'state', 'seq', 'kind')
       if f[1] == 'SCHEDULED' and string.format('%015.0f', tonumber(f[2])) == string.sub(member, 19, 33) then
-        unqueue(f[3])
+        unqueue(f[3], uuid)
         local attempts = redis.call('HINCRBY', key, 'attempts', 1)
         redis.call('HSET', key, 'state', 'PROCESSING', 'started_ts', string.format('%.6f', t), 'node', node,
                    'lease_ts', string.format('%.6f', t + lease))
@@ -200,6 +203,7 @@ for k = 1, n do
     hist(uuid, kind, 'CREATED', t, 0, node, nil)
     hist(uuid, kind, 'SCHEDULED', t, 0, node, nil)
     redis.call('HINCRBY', P .. 'queued', kind, 1)
+    redis.call('ZADD', P .. 'waiting:' .. kind, ready, uuid)
     local ready_ts = tonumber(ready)
     if ready_ts <= t then
       if not WAKE and redis.call('ZCARD', P .. 'ready') == 0 then WAKE = true end
@@ -366,7 +370,7 @@ for _, u in ipairs(targets) do
     redis.call('HSET', k, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
     redis.call('ZREM', P .. 'delayed', u)
     redis.call('ZREM', P .. 'ready', ready_member(tonumber(f[5]), tonumber(f[6]), u))
-    unqueue(f[3])
+    unqueue(f[3], u)
     hist(u, f[3], 'CANCELED', t, tonumber(f[4]), node, 'canceled before it ran')
     final(u)
   elseif f[1] == 'PROCESSING' and f[2] ~= '1' then
@@ -385,7 +389,7 @@ for i = 2, #ARGV do
   local key = P .. 'inst:' .. uuid
   local f = redis.call('HMGET', key, 'state', 'schedule_id', 'kind')
   if f[1] and f[1] ~= 'PROCESSING' then
-    if f[1] == 'SCHEDULED' then unqueue(f[3]) end
+    if f[1] == 'SCHEDULED' then unqueue(f[3], uuid) end
     redis.call('DEL', key)
     redis.call('ZREM', P .. 'all', uuid)
     redis.call('ZREM', P .. 'delayed', uuid)

@@ -448,6 +448,22 @@ class StoreConformance:
         assert [i.uuid for i in left] == [a.uuid]
         assert await store.claim("n1", 10, 30.0) == []
 
+    async def test_queue_counts_and_oldest_ready(self, store: Store) -> None:
+        t = time.time()
+        a, b = _inst("alpha", ts=t - 5), _inst("alpha", ts=t - 2)
+        c, d = _inst("beta", ts=t - 1), _inst("beta", delay=60)
+        await store.enqueue([a, b, c, d])
+        assert await store.queue_counts() == {"alpha": 2, "beta": 2}
+        oldest = await store.oldest_ready()
+        assert set(oldest) == {"alpha", "beta"}
+        assert abs(oldest["alpha"] - (t - 5)) < 0.01 and abs(oldest["beta"] - (t - 1)) < 0.01
+        [got] = await store.claim("n1", 1, 30.0)
+        assert got.uuid == a.uuid
+        await store.cancel(c.uuid)
+        assert await store.queue_counts() == {"alpha": 1, "beta": 1}
+        oldest = await store.oldest_ready()
+        assert set(oldest) == {"alpha"} and abs(oldest["alpha"] - (t - 2)) < 0.01  # d is not due yet
+
     # -- history and logs --------------------------------------------------------------------------------
     async def test_history_query_and_clear(self, store: Store) -> None:
         a, b = _inst("alpha"), _inst("beta")
