@@ -834,3 +834,35 @@ async def test_a_raising_backoff_strategy_falls_back_to_the_default_backoff() ->
         logs = await mgr.lookup_instance_logs(Query(instance=inst))
     assert any("backoff_strategy raised" in r.message for r in logs)
     assert starts[1] - starts[0] >= 0.3
+
+
+class FailingStart:
+    def __init__(self) -> None:
+        self.later_awaited = False
+
+    @hookimpl(tryfirst=True)
+    def gojob_manager_started(self, manager: Manager) -> Any:
+        async def boom() -> None:
+            raise RuntimeError("cannot bind port 50051")
+        return boom()
+
+
+class LaterStart:
+    def __init__(self) -> None:
+        self.awaited = False
+
+    @hookimpl(trylast=True)
+    def gojob_manager_started(self, manager: Manager) -> Any:
+        async def fine() -> None:
+            self.awaited = True
+        return fine()
+
+
+async def test_a_failing_start_hook_raises_its_own_error_and_leaves_nothing_running() -> None:
+    later = LaterStart()
+    mgr = _mgr(FailingStart(), later)
+    with pytest.raises(RuntimeError, match="cannot bind port 50051"):
+        await mgr.start()
+    assert not mgr.running and not later.awaited  # the later hook's coroutine was closed, not leaked
+    async with _mgr() as again:  # nothing left behind: a new node starts as usual
+        assert again.running

@@ -254,13 +254,19 @@ class Manager:
             self._tg.start_soon(self._metrics_loop)
             await self.plugins.manager_started(self)
         except BaseException:
+            # stop what was started (cancelled, so the workers do not see their stream closed under
+            # them), then close the streams and raise the error that made the start fail
             self._started = False
-            if self._send is not None:
-                self._send.close()
-                self._recv.close()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
             self._tg = None
             self._stack = None
-            await stack.__aexit__(None, None, None)
+            try:
+                await stack.__aexit__(None, None, None)  # unshielded: the task group's scope must be current
+            finally:
+                if self._send is not None:
+                    self._send.close()
+                    self._recv.close()
             raise
 
     async def stop(self, *, abandon: bool = False) -> None:
@@ -347,8 +353,9 @@ class Manager:
         self._runners.pop(kind, None)
 
     def registered_jobs(self) -> list[Job]:
-        """The jobs registered on this node, by kind."""
-        return [self._jobs[k] for k in sorted(self._jobs)]
+        """The jobs registered on this node, by kind (a snapshot: safe from a metrics scrape thread)."""
+        jobs = dict(self._jobs)
+        return [jobs[k] for k in sorted(jobs)]
 
     def lookup_job(self, kind: str) -> Job:
         """The job registered under a kind; raises UnknownJobError."""

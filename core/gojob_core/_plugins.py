@@ -155,11 +155,22 @@ class Plugins:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def manager_started(self, manager: Manager) -> None:
-        for result in self._hook.gojob_manager_started(manager=manager):
-            if inspect.isawaitable(result):
-                await result
+        await _await_all(self._hook.gojob_manager_started(manager=manager))
 
     async def manager_stopping(self, manager: Manager) -> None:
-        for result in self._hook.gojob_manager_stopping(manager=manager):
-            if inspect.isawaitable(result):
-                await result
+        await _await_all(self._hook.gojob_manager_stopping(manager=manager))
+
+
+async def _await_all(results: list[Any]) -> None:
+    """Await the awaitables lifecycle hooks returned, in order; if one fails, close the rest
+    (never leave a coroutine unawaited) and raise."""
+    pending = [r for r in results if inspect.isawaitable(r)]
+    try:
+        while pending:
+            await pending.pop(0)
+    except BaseException:
+        for rest in pending:
+            close = getattr(rest, "close", None)
+            if close is not None:
+                close()
+        raise
