@@ -114,29 +114,32 @@ class Plugins:
     # A plugin's bug must not take the node down or strand an instance: per-instance hooks that raise
     # are reported (on the instance's log and the "gojob" logger) and the instance goes on.
     def state_changed(self, manager: Manager, instance: Instance, state: State) -> None:
-        self._each("gojob_instance_state_changed", self._state_changed_impls,
-                   {"manager": manager, "instance": instance, "state": state})
+        impls = self._state_changed_impls
+        if impls != []:
+            self._each("gojob_instance_state_changed", impls, ("manager", "instance", "state"),
+                       (manager, instance, state))
 
     def completed(self, manager: Manager, instance: Instance, results: list[Any]) -> None:
-        self._each("gojob_instance_completed", self._completed_impls,
-                   {"manager": manager, "instance": instance, "results": results})
+        impls = self._completed_impls
+        if impls != []:
+            self._each("gojob_instance_completed", impls, ("manager", "instance", "results"),
+                       (manager, instance, results))
 
-    def _each(self, hook: str, impls: list[tuple[Any, tuple[int, ...]]] | None, kwargs: dict[str, Any]) -> None:
+    def _each(self, hook: str, impls: list[tuple[Any, tuple[int, ...]]] | None, names: tuple[str, ...],
+              args: tuple[Any, ...]) -> None:
         """Call every implementation of a per-instance hook; one failing does not hide the event
-        from the others (each failure is reported). ``kwargs`` are in the hook's argument order."""
-        instance = kwargs["instance"]
+        from the others (each failure is reported). ``args`` follow ``names``, the hook's order."""
         if impls is None:  # a wrapper is registered: pluggy must dispatch
             try:
-                getattr(self._hook, hook)(**kwargs)
+                getattr(self._hook, hook)(**dict(zip(names, args)))
             except Exception as exc:
-                _hook_failed(hook, instance, exc)
+                _hook_failed(hook, args[1], exc)
             return
-        args = tuple(kwargs.values())
         for fn, idx in impls:
             try:
                 fn(*[args[i] for i in idx])
             except Exception as exc:
-                _hook_failed(hook, instance, exc)
+                _hook_failed(hook, args[1], exc)
 
     def terminated(self, manager: Manager, instance: Instance, error: BaseException) -> BaseException | bool | None:
         try:
