@@ -234,7 +234,7 @@ class MemoryStore(Store):
                 inst.ready_ts = oc.retry_at
                 inst.error = oc.error
                 self._record(inst, State.SCHEDULED, ts, node,
-                             f"retry {inst.attempts} of {inst.max_retries} at {oc.retry_at:.3f}")
+                             f"retry {inst.attempts} of {inst.max_retries} in {max(0.0, oc.retry_at - ts):.3f} s")
                 self._push(inst, ts)
                 requeued = True
             else:

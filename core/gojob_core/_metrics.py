@@ -31,9 +31,10 @@ BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 _COUNTERS = (
     ("executed", "go_job_executed", "Total number of executed jobs by kind"),
     ("completed", "go_job_completed", "Total number of successfully completed jobs by kind"),
-    ("terminated", "go_job_terminated", "Total number of terminated jobs by kind"),
+    ("terminated", "go_job_terminated", "Total number of terminated jobs by kind (each failed attempt counts, "
+                                        "as in the state history, retried or not)"),
     ("canceled", "go_job_canceled", "Total number of canceled jobs by kind"),
-    ("timedout", "go_job_timedout", "Total number of timed out jobs by kind"),
+    ("timedout", "go_job_timedout", "Total number of timed out jobs by kind (each timed-out attempt counts)"),
     ("retried", "go_job_retried", "Total number of retries scheduled by kind"),
 )
 _FINAL = {State.COMPLETED: "completed", State.TERMINATED: "terminated", State.CANCELED: "canceled",

@@ -306,8 +306,8 @@ for k = 1, n do
     hist(uuid, f[4], state, t, attempts, node, d)
     if retry_at ~= '' and f[3] ~= '1' then
       redis.call('HSET', key, 'state', 'SCHEDULED', 'ready_ts', retry_at, 'error', err)
-      hist(uuid, f[4], 'SCHEDULED', t, attempts, node,
-           'retry ' .. attempts .. ' of ' .. (f[6] or '0') .. ' at ' .. retry_at)
+      hist(uuid, f[4], 'SCHEDULED', t, attempts, node, 'retry ' .. attempts .. ' of ' .. (f[6] or '0') ..
+           ' in ' .. string.format('%.3f', math.max(0, tonumber(retry_at) - t)) .. ' s')
       push(key, uuid, t)
       requeued = true
     else

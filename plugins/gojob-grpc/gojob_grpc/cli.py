@@ -4,13 +4,15 @@
 
     gojob serve --store valkey://127.0.0.1:6379/0 --jobs my_app.jobs [--listen 127.0.0.1:50051]
                 [--metrics 127.0.0.1:9181] [--workers N] [--tls-cert F --tls-key F] [--token-file F]
+                [--system-jobs [--system-jobs-max-age 7d] [--system-jobs-cron "17 3 * * *"]]
 
 The node imports each ``--jobs`` module, registers every ``gojob.Job`` bound at its top level, runs a
 Manager on the store, calls the module's ``register(manager)`` (sync or async) if it has one, and
-only then starts serving ``gojob.v1.JobService`` (and ``/metrics`` when ``--metrics`` is given). On
-SIGTERM or SIGINT it stops: no new calls, running instances get ``--shutdown-timeout`` seconds to
-finish, then they are interrupted and handed back to the queue for another node (or this one, once
-restarted). Several nodes on one shared store form one cluster.
+only then starts serving ``gojob.v1.JobService`` (and ``/metrics`` when ``--metrics`` is given). With
+``--system-jobs`` it also schedules the system cleaners of gojob-system-jobs (recurring; nodes sharing
+a store do not double the schedule). On SIGTERM or SIGINT it stops: no new calls, running instances
+get ``--shutdown-timeout`` seconds to finish, then they are interrupted and handed back to the queue
+for another node (or this one, once restarted). Several nodes on one shared store form one cluster.
 
 Exit status: 0 after a clean stop, 1 when the node cannot start or fails, 2 for a usage error.
 """
@@ -68,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, seconds running instances get to finish before they are handed back (default 10)")
     p.add_argument("--lease-time", type=float, default=30.0, metavar="S",
                    help="seconds before another node re-runs the instances of a node that died (default 30)")
+    p.add_argument("--system-jobs", action="store_true",
+                   help="schedule the system cleaners (system.history.cleaner, system.log.cleaner) with the defaults "
+                        "of gojob-system-jobs: history and logs older than 7d removed daily at 03:17 local time "
+                        "(needs the gojob-system-jobs distribution)")
+    p.add_argument("--system-jobs-max-age", metavar="DURATION",
+                   help="with --system-jobs: remove records older than this (e.g. 30d, 12h; default 7d)")
+    p.add_argument("--system-jobs-cron", metavar="SPEC",
+                   help="with --system-jobs: when the cleaners run, a crontab spec in the node's local time "
+                        "(default '17 3 * * *')")
     p.add_argument("--app-dir", default=".", metavar="DIR",
                    help="directory put first on sys.path to import --jobs from (default: the current directory)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -92,7 +103,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"gojob serve: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the jobs module failed while importing
+    except Exception as exc:  # the jobs module (or gojob-system-jobs) failed while importing
         _log.error("cannot load the jobs: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return 1
     import anyio
@@ -115,7 +126,34 @@ def _versions() -> str:
     return ", ".join(out)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[list[ModuleType], list[Any], Any]:
+def _system_jobs(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The keyword arguments of ``schedule_system_jobs`` for ``--system-jobs``, or None without it."""
+    overrides = [o for o, v in (("--system-jobs-max-age", args.system_jobs_max_age),
+                                ("--system-jobs-cron", args.system_jobs_cron)) if v is not None]
+    if not args.system_jobs:
+        if overrides:
+            raise UsageError(f"{' and '.join(overrides)} {'apply' if len(overrides) > 1 else 'applies'} "
+                             "with --system-jobs only")
+        return None
+    try:
+        import gojob_system_jobs
+    except ModuleNotFoundError as exc:
+        if exc.name != "gojob_system_jobs":
+            raise
+        raise UsageError("--system-jobs needs the gojob-system-jobs distribution, which is not installed: "
+                         "pip install gojob-system-jobs (or gojob-core[system-jobs])") from None
+    options: dict[str, Any] = {"max_age": gojob_system_jobs.DEFAULT_MAX_AGE,
+                               "crontab_spec": gojob_system_jobs.DEFAULT_CRONTAB}
+    if args.system_jobs_max_age is not None:
+        if not args.system_jobs_max_age.strip():
+            raise UsageError("--system-jobs-max-age must not be empty (a duration such as 7d, 12h, 30m)")
+        options["max_age"] = args.system_jobs_max_age
+    if args.system_jobs_cron is not None:
+        options["crontab_spec"] = args.system_jobs_cron
+    return options
+
+
+def _prepare(args: argparse.Namespace) -> tuple[list[ModuleType], list[Any], Any, dict[str, Any] | None]:
     """Check the options, import the jobs modules and build the server plugin (before any I/O)."""
     from gojob_core import Job
 
@@ -127,6 +165,7 @@ def _prepare(args: argparse.Namespace) -> tuple[list[ModuleType], list[Any], Any
         raise UsageError(f"--shutdown-timeout must be a non-negative number of seconds, got {args.shutdown_timeout}")
     if not 0 < args.lease_time < float("inf"):
         raise UsageError(f"--lease-time must be a positive number of seconds, got {args.lease_time}")
+    system_jobs = _system_jobs(args)
     token = _read_token(args.token_file) if args.token_file else None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("TLS needs both --tls-cert and --tls-key")
@@ -156,7 +195,7 @@ def _prepare(args: argparse.Namespace) -> tuple[list[ModuleType], list[Any], Any
                 jobs.append(value)
     if not jobs and not any(callable(getattr(m, "register", None)) for m in modules):
         raise UsageError(f"--jobs {', '.join(args.jobs)}: defines no gojob.Job and no register(manager) function")
-    return modules, jobs, plugin
+    return modules, jobs, plugin, system_jobs
 
 
 def _read_token(path: str) -> str:
@@ -179,10 +218,12 @@ def _read_token(path: str) -> str:
 
 
 class _JobsModules:
-    """Calls each jobs module's ``register(manager)`` once the Manager has started, before serving."""
+    """Calls each jobs module's ``register(manager)`` once the Manager has started, then schedules the
+    system jobs (``--system-jobs``), before serving."""
 
-    def __init__(self, modules: list[ModuleType]) -> None:
+    def __init__(self, modules: list[ModuleType], system_jobs: dict[str, Any] | None = None) -> None:
         self.modules = modules
+        self.system_jobs = system_jobs
 
     @hookimpl(tryfirst=True)  # before ServerPlugin's (trylast): jobs are in place before the first call
     def gojob_manager_started(self, manager: Any) -> Awaitable[None]:
@@ -199,13 +240,41 @@ class _JobsModules:
                 except Exception as exc:
                     _log.error("%s.register(manager) failed", module.__name__, exc_info=exc)
                     raise
+        if self.system_jobs is not None:
+            await self._schedule_system_jobs(manager, self.system_jobs)
+
+    @staticmethod
+    async def _schedule_system_jobs(manager: Any, options: dict[str, Any]) -> None:
+        from gojob_core import ArgumentError, ScheduleError, UnknownJobError
+        from gojob_system_jobs import schedule_system_jobs
+
+        try:
+            # a recurring schedule's identity is (kind, spec, timezone, arguments): a restarted node, or
+            # another node on the same store, finds the schedule there and does not double it
+            scheduled = await schedule_system_jobs(manager, **options)
+        except ArgumentError as exc:  # the only argument the command line sets is max_age
+            raise UsageError(f"--system-jobs-max-age {options['max_age']!r}: {exc}") from None
+        except ScheduleError as exc:  # the only schedule option it sets is the crontab spec
+            raise UsageError(f"--system-jobs-cron {options['crontab_spec']!r}: {exc}") from None
+        except UnknownJobError as exc:  # gojob-system-jobs is installed but its plugin was not loaded
+            raise UsageError(f"--system-jobs: {exc} (is the gojob-system-jobs plugin disabled?)") from None
+        for inst in scheduled:
+            _log.info("system job %s scheduled: %s, max_age %s, next run %s (%s)", inst.kind, inst.crontab_spec,
+                      options["max_age"], _local_time(inst.ready_ts), inst.uuid)
 
 
-async def _serve(args: argparse.Namespace, modules: list[ModuleType], jobs: list[Any], plugin: Any) -> int:
+def _local_time(ts: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+
+
+async def _serve(args: argparse.Namespace, modules: list[ModuleType], jobs: list[Any], plugin: Any,
+                 system_jobs: dict[str, Any] | None) -> int:
     import anyio
     from gojob_core import GojobError, Manager, UnknownStoreError
 
-    registrar = _JobsModules(modules)
+    registrar = _JobsModules(modules, system_jobs)
     try:
         manager = Manager(args.store, num_workers=args.workers, node_id=args.node_id,
                           shutdown_timeout=args.shutdown_timeout, lease_time=args.lease_time,
@@ -239,11 +308,14 @@ async def _serve(args: argparse.Namespace, modules: list[ModuleType], jobs: list
                 await plugin.bind(manager)  # a busy port fails here, before the node claims any work
                 await manager.start()
             except Exception as exc:
-                _log.error("node %s cannot start: %s: %s", manager.node_id, type(exc).__name__, exc)
+                if isinstance(exc, UsageError):  # checked once the store is there; nothing was written
+                    print(f"gojob serve: {exc}", file=sys.stderr)
+                else:
+                    _log.error("node %s cannot start: %s: %s", manager.node_id, type(exc).__name__, exc)
                 if plugin.server is not None:
                     await plugin.server.stop(0)
                 tg.cancel_scope.cancel()
-                return 1
+                return 2 if isinstance(exc, UsageError) else 1
             server = plugin.server
             print(f"gojob serve: node {manager.node_id} ready: grpc {server.address}"
                   f"{' tls' if server.tls else ''}{' token' if server.token else ''}, metrics "

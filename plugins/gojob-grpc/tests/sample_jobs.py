@@ -23,6 +23,10 @@ def fail(message: str) -> None:
 
 fail_job = gojob.Job(kind="fail", executor=fail, description="always fails")
 
+# fails, is retried once 50 ms later, fails again: TERMINATED after two attempts (test_metrics.py)
+fail_retried_job = gojob.Job(kind="fail.retried", executor=fail, max_retries=1, backoff_strategy=lambda inst: 0.05,
+                             description="always fails; one retry, 50 ms later")
+
 
 async def nap(seconds: float, inst: gojob.Instance) -> float:
     inst.infof("sleeping %ss", seconds)

@@ -151,12 +151,14 @@ async def schedule_system_jobs(
     keep: int | None = None,
     per: Literal["instance", "kind"] = "instance",
     crontab_spec: str = DEFAULT_CRONTAB,
-    timezone: str | dt.tzinfo | None = None,
+    timezone: str | dt.tzinfo | None = "UTC",
     **options: Any,
 ) -> list[Instance]:
     """Schedule both cleaners on a crontab spec with the same rules (what ``--system-jobs`` does).
 
     Unlike scheduling the kinds directly, this checks at the call that at least one rule is given.
+    The spec is read in UTC by default, so that nodes in different time zones sharing a store agree
+    on one schedule.
     Scheduling again with the same rules does not double the schedules (a recurring schedule is
     identified by kind, spec, timezone and arguments). ``options`` go to ``schedule_registered_job``.
 
