@@ -218,3 +218,17 @@ async def test_processor_that_raises_is_logged_not_fatal() -> None:
         assert done.state is State.COMPLETED and done.result == 3
         logs = await mgr.lookup_instance_logs(Query(instance=inst))
         assert [log.message for log in logs] == ["complete_processor raised RuntimeError: processor bug"]
+
+
+async def test_a_store_on_a_backend_it_does_not_run_on(anyio_backend: str) -> None:
+    class AsyncioOnly(gojob.MemoryStore):
+        ANYIO_BACKENDS = ("asyncio",)
+        name = "asyncio-only"
+
+    if anyio_backend == "asyncio":
+        async with Manager(AsyncioOnly()) as mgr:
+            assert mgr.running
+    else:
+        with pytest.raises(gojob.StoreError, match="asyncio-only store runs on asyncio only, not on trio"):
+            async with Manager(AsyncioOnly()):
+                pass

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
+import sniffio
 from anyio.abc import TaskGroup
 
 from ._arguments import ExecutorSignature, encode_result, results_list
@@ -230,6 +231,10 @@ class Manager:
         """Connect the store, register plugin-contributed jobs, start the workers and the node's loops."""
         if self._started:
             raise RuntimeError(f"manager {self.node_id} is already started")
+        backend = sniffio.current_async_library()
+        if backend not in self.store.ANYIO_BACKENDS:
+            raise StoreError(f"the {self.store.name} store runs on {', '.join(self.store.ANYIO_BACKENDS)} only, "
+                             f"not on {backend}; run the Manager under a supported anyio backend")
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -284,7 +289,10 @@ class Manager:
         self._wake_dispatcher()
         try:
             if not abandon:
-                await self.plugins.manager_stopping(self)
+                try:
+                    await self.plugins.manager_stopping(self)
+                except Exception as exc:  # a plugin's failure must not cost the graceful stop
+                    self._report(f"a gojob_manager_stopping hook failed: {exc!r}; stopping anyway")
                 if self._running:
                     with anyio.move_on_after(self.shutdown_timeout):
                         while self._running:

@@ -234,7 +234,8 @@ class MemoryStore(Store):
                 inst.ready_ts = oc.retry_at
                 inst.error = oc.error
                 self._record(inst, State.SCHEDULED, ts, node,
-                             f"retry {inst.attempts} of {inst.max_retries} in {max(0.0, oc.retry_at - ts):.3f} s")
+                             f"retry {inst.attempts - inst.abandoned} of {inst.max_retries} "
+                             f"in {max(0.0, oc.retry_at - ts):.3f} s")
                 self._push(inst, ts)
                 requeued = True
             else:

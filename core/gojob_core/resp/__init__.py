@@ -16,12 +16,16 @@ Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node server
 ``{p}running``             ZSET uuid by lease expiry (reclaim finds expired leases here)
 ``{p}seq``                 STRING counter giving FIFO order
 ``{p}queued``              HASH kind -> instances waiting (go_job_queued)
+``{p}waiting:{kind}``      ZSET uuid by ready time, per kind (go_job_oldest_ready_age_seconds)
+``{p}idle``                HASH node -> "limit lease deadline": nodes waiting for work (handoff)
+``{p}handed``              HASH node -> instances handed to it while it waited
 ``{p}sched:{id}``          SET uuids of one recurring schedule's occurrences
 ``{p}sched:canceled``      SET canceled schedule ids (a chained occurrence of one is refused)
 ``{p}hist``                ZSET state records (JSON) by time; ``{p}hist:i:{uuid}`` per instance
 ``{p}logs``                ZSET log records (JSON) by time; ``{p}logs:i:{uuid}`` per instance
 ``{p}corrupt``             SET keys or members that could not be decoded (set aside, never deleted)
-channels                   ``{p}wake`` (new ready work), ``{p}cancel`` (uuid), ``{p}done`` (uuid)
+channels                   ``{p}wake`` (work may be ready), ``{p}node:{node}`` (instances handed
+                           to a waiting node, as their hashes), ``{p}cancel`` (uuid)
 =========================  ===================================================================
 """
 

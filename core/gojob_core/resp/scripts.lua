@@ -1,6 +1,6 @@
 -- gojob's server-side scripts for Valkey and Redis (one file, loaded by both store plugins).
 -- Each script is the text between "--! name" markers. Every script takes the key prefix as ARGV[1]
--- (single-node servers; keys are built from it, see resp/README.md for the layout) and uses the
+-- (single-node servers; keys are built from it; the layout is in resp/__init__.py) and uses the
 -- server's clock, so that leases and history timestamps do not depend on the nodes' clocks.
 --! common
 local P = ARGV[1]
@@ -76,9 +76,6 @@ end
 local function unqueue(kind, uuid)
   redis.call('HINCRBY', P .. 'queued', kind, -1)
   redis.call('ZREM', P .. 'waiting:' .. kind, uuid)
-end
-local function final(uuid)
-  redis.call('PUBLISH', P .. 'done', uuid)
 end
 
 -- move due delayed instances to the ready set, then take up to `limit` ready ones for `node`;
@@ -267,7 +264,6 @@ for _, uuid in ipairs(expired) do
     if f[3] == '1' then
       redis.call('HSET', key, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
       hist(uuid, f[4], 'CANCELED', t, tonumber(f[5]), node, 'canceled; node ' .. (f[2] or '?') .. ' lost its lease')
-      final(uuid)
     else
       redis.call('HSET', key, 'state', 'SCHEDULED')
       redis.call('HINCRBY', key, 'abandoned', 1)
@@ -294,7 +290,7 @@ for k = 1, n do
   local uuid, state, result, err, retry_at, detail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   i = i + 6
   local key = P .. 'inst:' .. uuid
-  local f = redis.call('HMGET', key, 'state', 'node', 'cancel', 'kind', 'attempts', 'max_retries')
+  local f = redis.call('HMGET', key, 'state', 'node', 'cancel', 'kind', 'attempts', 'max_retries', 'abandoned')
   if f[1] ~= 'PROCESSING' or f[2] ~= node then
     out[k] = 0
   else
@@ -306,7 +302,9 @@ for k = 1, n do
     hist(uuid, f[4], state, t, attempts, node, d)
     if retry_at ~= '' and f[3] ~= '1' then
       redis.call('HSET', key, 'state', 'SCHEDULED', 'ready_ts', retry_at, 'error', err)
-      hist(uuid, f[4], 'SCHEDULED', t, attempts, node, 'retry ' .. attempts .. ' of ' .. (f[6] or '0') ..
+      -- abandoned attempts (their node died) are not failures: the retry count leaves them out
+      local failed = attempts - (tonumber(f[7]) or 0)
+      hist(uuid, f[4], 'SCHEDULED', t, attempts, node, 'retry ' .. failed .. ' of ' .. (f[6] or '0') ..
            ' in ' .. string.format('%.3f', math.max(0, tonumber(retry_at) - t)) .. ' s')
       push(key, uuid, t)
       requeued = true
@@ -317,7 +315,6 @@ for k = 1, n do
       end
       redis.call('HSET', key, 'state', state, 'finished_ts', string.format('%.6f', t), 'error', err)
       if result ~= '' then redis.call('HSET', key, 'result', result) end
-      final(uuid)
     end
     out[k] = 1
   end
@@ -372,7 +369,6 @@ for _, u in ipairs(targets) do
     redis.call('ZREM', P .. 'ready', ready_member(tonumber(f[5]), tonumber(f[6]), u))
     unqueue(f[3], u)
     hist(u, f[3], 'CANCELED', t, tonumber(f[4]), node, 'canceled before it ran')
-    final(u)
   elseif f[1] == 'PROCESSING' and f[2] ~= '1' then
     redis.call('HSET', k, 'cancel', 1)
     redis.call('PUBLISH', P .. 'cancel', u)

@@ -11,7 +11,7 @@ The suite is the store contract (:mod:`gojob_core.abc`) as tests. A store passes
         @pytest.fixture
         def make_store(self, my_server):       # my_server: a real server started by a fixture
             def make():
-                return MyStore.from_url(my_server.url, key_prefix=unique_prefix)
+                return MyStore.from_url(my_server.url, prefix=unique_prefix)
             return make
 
 ``make_store()`` returns a new, not yet started store object on the same backend data each time it

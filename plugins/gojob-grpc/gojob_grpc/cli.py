@@ -72,12 +72,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds before another node re-runs the instances of a node that died (default 30)")
     p.add_argument("--system-jobs", action="store_true",
                    help="schedule the system cleaners (system.history.cleaner, system.log.cleaner) with the defaults "
-                        "of gojob-system-jobs: history and logs older than 7d removed daily at 03:17 local time "
+                        "of gojob-system-jobs: history and logs older than 7d removed daily at 03:17 UTC "
                         "(needs the gojob-system-jobs distribution)")
     p.add_argument("--system-jobs-max-age", metavar="DURATION",
                    help="with --system-jobs: remove records older than this (e.g. 30d, 12h; default 7d)")
     p.add_argument("--system-jobs-cron", metavar="SPEC",
-                   help="with --system-jobs: when the cleaners run, a crontab spec in the node's local time "
+                   help="with --system-jobs: when the cleaners run, a crontab spec in UTC "
                         "(default '17 3 * * *')")
     p.add_argument("--app-dir", default=".", metavar="DIR",
                    help="directory put first on sys.path to import --jobs from (default: the current directory)")
