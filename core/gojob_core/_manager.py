@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import sniffio
 from anyio.abc import TaskGroup
 
@@ -105,6 +106,9 @@ class _FinishBatcher:
         else:
             self._busy = True
             try:
+                # let the other workers that finished in this same turn of the event loop join the
+                # batch: one store call then carries all of them (where a network store's speed is)
+                await anyio.lowlevel.checkpoint()
                 while self._pending:
                     batch, self._pending = self._pending, []
                     m = self._manager
