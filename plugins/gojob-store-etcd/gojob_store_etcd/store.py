@@ -1,0 +1,1361 @@
+"""The etcd store: every guarantee of the store contract on etcd's transactions, leases and watches.
+
+Key layout (``{p}`` is the key prefix, ``/gojob/`` by default; see the plugin README for the details):
+
+=====================================================  ==========================================================
+``{p}i/{uuid}``                                        the instance record (JSON)
+``{p}q/r/{prio:20}/{ready_us:17}/{seq:20}/{uuid}/{kind}``  ready index, value = the record as queued. Keys sort
+                                                       by priority (offset by 2**63 and zero-padded, so negative
+                                                       priorities sort first), ready time, FIFO seq
+``{p}q/d/{ready_us:17}/{seq:20}/{uuid}/{kind}``        delayed index (not yet due), value = the record
+``{p}q/p/{uuid}``                                      running: ``{"node", "lease_ts", "cancel"}``
+``{p}q/c/{uuid}``                                      claim key, attached to the claiming node's etcd lease
+``{p}h/{uuid}/{ts_us:17}/{tag}``                       state records of one instance written by one transaction
+``{p}t/{ts_us:17}/{uuid}/{tag}``                       the same records by time (global history queries)
+``{p}l/{uuid}/{ts_us:17}/{tag}``, ``{p}m/{ts_us}/..``  log records, per instance and by time
+``{p}s/{schedule_id}/{uuid}``                          the occurrences of a recurring schedule
+``{p}x/{schedule_id}``                                 a canceled schedule (a chained occurrence is refused)
+``{p}z/{sha1(key)}``                                   a record that could not be decoded, reported (the record
+                                                       itself is left where it is, or moved here if it was a queue key)
+=====================================================  ==========================================================
+
+Every change of an instance is one etcd transaction. A request carries one nested transaction per
+instance, each guarded by the revisions it read, so a batch of claims or finishes costs one round trip
+and one instance lost to a conflict does not fail the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+from gojob_core import CorruptRecordError, Instance, LogRecord, Query, State, StateRecord, Store, StoreError
+from gojob_core.abc import CorruptRecord, LeaseReport, Outcome
+
+from ._client import (
+    Compacted,
+    EtcdClient,
+    EtcdOptions,
+    absent,
+    mod_is,
+    op_delete,
+    op_put,
+    op_range,
+    op_txn,
+    parse_etcd_url,
+    prefix_end,
+)
+
+__all__ = ["EtcdStore"]
+
+_log = logging.getLogger("gojob.etcd")
+
+_PAGE = 1000            # keys per page of a large read (gRPC's receive limit, etcd's request costs)
+_NEST = 100             # nested transactions per request (etcd allows 128 operations per level)
+_MAX_BYTES = 1_000_000  # bytes per request (etcd's default --max-request-bytes is 1.5 MiB)
+_INFLIGHT = 8           # requests of one batch in flight at once
+_PRIO_OFFSET = 2**63
+_SCHEDULED, _PROCESSING, _CREATED = State.SCHEDULED.value, State.PROCESSING.value, State.CREATED.value
+_CANCELED = State.CANCELED.value
+_WAITING = (_SCHEDULED, _CREATED)
+
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.loads
+
+
+def _j(obj: Any) -> bytes:
+    return _dumps(obj).encode()
+
+
+# -- clocks and counters (per process) ---------------------------------------------------------------------
+_last_ts = 0.0
+_last_seq = 0
+
+
+def _now() -> float:
+    """Wall-clock seconds, strictly increasing within this process (history keeps its order)."""
+    global _last_ts
+    t = time.time()
+    if t <= _last_ts:
+        t = _last_ts + 2e-6
+    _last_ts = t
+    return t
+
+
+def _next_seq() -> int:
+    """A FIFO sequence number: nanoseconds since the epoch, strictly increasing within this process."""
+    global _last_seq
+    s = time.time_ns()
+    if s <= _last_seq:
+        s = _last_seq + 1
+    _last_seq = s
+    return s
+
+
+_TAG = os.urandom(4).hex()
+_tags = itertools.count(1)
+
+
+def _tag() -> str:
+    return f"{_TAG}{next(_tags):x}"
+
+
+def _us(ts: float) -> str:
+    return f"{max(0, int(ts * 1e6)):017d}"
+
+
+def _prio(p: int) -> str:
+    return f"{p + _PRIO_OFFSET:020d}"
+
+
+class _State(NamedTuple):
+    """What a node knows of one instance: its record and running entry, with their revisions."""
+
+    rec: dict[str, Any] | None
+    i_rev: int
+    p: dict[str, Any] | None
+    p_rev: int
+    c_rev: int = 0
+
+
+class _Window:
+    """The first keys of a queue index, in key order, kept current by the watch.
+
+    Complete for every key up to ``bound`` (``None``: for the whole index). Events older than the
+    read that loaded it (``loaded_rev``) are already in it and are skipped.
+    """
+
+    __slots__ = ("bound", "keys", "loaded_rev", "read_at", "vals")
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self.vals: dict[bytes, tuple[int, bytes]] = {}
+        self.bound: bytes | None = b""  # not loaded yet: nothing is known
+        self.loaded_rev = 0
+        self.read_at = -1e9
+
+    @property
+    def complete(self) -> bool:
+        return self.bound is None
+
+    def load(self, kvs: Any, more: bool, rev: int, taken: dict[bytes, float] | None = None) -> None:
+        """Replace the window by a read at ``rev``; keys in ``taken`` (claimed by this node at a later
+        revision, or still being claimed) are left out: two reads in flight may answer out of order."""
+        if rev < self.loaded_rev:
+            return
+        if taken:
+            kvs = [kv for kv in kvs if taken.get(kv.key, 0) <= rev]
+            for k in [k for k, r in taken.items() if r <= rev]:
+                del taken[k]
+        self.keys = [kv.key for kv in kvs]
+        self.vals = {kv.key: (kv.mod_revision, kv.value) for kv in kvs}
+        self.bound = self.keys[-1] if more and self.keys else None
+        self.loaded_rev = rev
+        self.read_at = time.monotonic()
+
+    def put(self, key: bytes, rev: int, value: bytes) -> bool:
+        if rev <= self.loaded_rev or (self.bound is not None and key > self.bound):
+            return False
+        if key not in self.vals:
+            bisect.insort(self.keys, key)
+        self.vals[key] = (rev, value)
+        return True
+
+    def restore(self, key: bytes, rev: int, value: bytes) -> None:
+        """Put back an entry taken out for a claim that was never answered."""
+        if (self.bound is None or key <= self.bound) and key not in self.vals:
+            bisect.insort(self.keys, key)
+            self.vals[key] = (rev, value)
+
+    def delete(self, key: bytes, rev: int = 0) -> None:
+        if rev and rev <= self.loaded_rev:
+            return
+        if self.vals.pop(key, None) is not None:
+            i = bisect.bisect_left(self.keys, key)
+            if i < len(self.keys) and self.keys[i] == key:
+                del self.keys[i]
+
+    def take(self, n: int) -> list[tuple[bytes, int, bytes]]:
+        taken, self.keys = self.keys[:n], self.keys[n:]
+        return [(k, *self.vals.pop(k)) for k in taken]
+
+    def trim(self, keep: int) -> None:
+        if len(self.keys) > 2 * keep:
+            for k in self.keys[keep:]:
+                del self.vals[k]
+            del self.keys[keep:]
+            self.bound = self.keys[-1]
+
+
+Handler = Callable[[Any, int], None]
+
+
+class _Part(NamedTuple):
+    op: Any
+    handler: Handler
+    size: int
+
+
+class EtcdStore(Store):
+    """Queue, history and logs on etcd, shared by every node pointed at the same cluster and prefix.
+
+    ``EtcdStore.from_url("etcd://user:pw@h1:2379,h2:2379/myapp?timeout=5")``; ``etcds://`` for TLS
+    (``?ca=..&cert=..&key=..``); keyword options (``prefix``, ``timeout``, ``compact``, ...) override
+    the URL. Runs on the asyncio backend only (grpc.aio).
+    """
+
+    SCHEMES: ClassVar[tuple[str, ...]] = ("etcd", "etcds")
+    ANYIO_BACKENDS: ClassVar[tuple[str, ...]] = ("asyncio",)
+    name = "etcd"
+
+    def __init__(self, options: EtcdOptions) -> None:
+        self.options = options
+        p = options.prefix.encode()
+        self._p = p
+        self._ki, self._kq = p + b"i/", p + b"q/"
+        self._kr, self._kd, self._kp, self._kc = p + b"q/r/", p + b"q/d/", p + b"q/p/", p + b"q/c/"
+        self._kh, self._kt, self._kl, self._km = p + b"h/", p + b"t/", p + b"l/", p + b"m/"
+        self._ks, self._kx, self._kz = p + b"s/", p + b"x/", p + b"z/"
+        self.client: EtcdClient | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._held: dict[str, _State] = {}
+        self._rw, self._dw = _Window(), _Window()
+        self._taken: dict[bytes, float] = {}  # ready keys this node took: the revision of the claim (inf: in flight)
+        self._running: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        self._claimkeys: dict[str, int] = {}
+        self._mirror_rev = 0
+        self._rev = 0
+        self._watch_task: asyncio.Task[None] | None = None
+        self._watch_ok = False
+        self._watch_lock = asyncio.Lock()
+        self._ready_reading: asyncio.Event | None = None
+        self._wake_ev = asyncio.Event()
+        self._cancel_subs: list[MemoryObjectSendStream[str]] = []
+        self._leases: dict[int, int] = {}
+        self._lease_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reclaimed: list[Instance] = []
+        self._reclaim_at = 0.0
+        self._reported: set[bytes] = set()
+        self._corrupt_q: list[tuple[bytes, str, bytes]] = []
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> EtcdStore:
+        return cls(parse_etcd_url(url, **options))
+
+    def __repr__(self) -> str:
+        return f"<EtcdStore {self.options.address} prefix={self.options.prefix!r}>"
+
+    # -- plumbing --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._reset()
+        client = EtcdClient(self.options)
+        await client.connect()
+        self.client = client
+        if self.options.compact > 0:
+            self._tasks.append(asyncio.create_task(self._compact_loop(), name="gojob-etcd-compact"))
+
+    async def stop(self) -> None:
+        tasks = [t for t in (*self._tasks, self._watch_task) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for send in self._cancel_subs:
+            send.close()
+        client, self.client = self.client, None
+        if client is not None:
+            with anyio.CancelScope(shield=True):
+                # claim keys still on this node's leases go now, so other nodes re-queue what is left
+                for lease_id in self._leases.values():
+                    with contextlib.suppress(StoreError):
+                        await client.revoke(lease_id)
+                await client.close()
+        self._reset()
+
+    def _c(self) -> EtcdClient:
+        if self.client is None:
+            raise StoreError("etcd store is not started")
+        return self.client
+
+    async def _send(self, parts: Sequence[_Part], head: Sequence[Any] = ()) -> None:
+        """Send the parts' operations in as few requests as etcd allows; call each part's handler.
+
+        ``head`` operations go in front of the first request.
+        """
+        if not parts and not head:
+            return
+        chunks: list[list[_Part]] = []
+        cur: list[_Part] = []
+        size = sum(op.ByteSize() for op in head)
+        for part in parts:
+            if cur and (len(cur) + (len(head) if not chunks else 0) >= _NEST or size + part.size > _MAX_BYTES):
+                chunks.append(cur)
+                cur, size = [], 0
+            cur.append(part)
+            size += part.size
+        chunks.append(cur)
+        client = self._c()
+
+        async def one(k: int, chunk: list[_Part]) -> None:
+            first = list(head) if k == 0 else []
+            resp = await client.txn(first + [p.op for p in chunk])
+            rev = resp.header.revision
+            for part, r in zip(chunk, resp.responses[len(first):]):
+                part.handler(r, rev)
+
+        if len(chunks) == 1:
+            await one(0, chunks[0])
+            return
+        sem = asyncio.Semaphore(_INFLIGHT)
+        errors: list[BaseException] = []
+
+        async def guarded(k: int, chunk: list[_Part]) -> None:
+            async with sem:
+                try:
+                    await one(k, chunk)
+                except StoreError as exc:
+                    errors.append(exc)
+
+        await one(0, chunks[0])  # the head goes first
+        await asyncio.gather(*(guarded(k, c) for k, c in enumerate(chunks) if k > 0))
+        if errors:
+            raise errors[0]
+
+    # -- keys and records --------------------------------------------------------------------------------
+    def _queue_key(self, rec: dict[str, Any], t: float) -> bytes:
+        tail = f"{_us(rec['ready_ts'])}/{rec['seq']:020d}/{rec['uuid']}/{rec['kind']}"
+        if rec["ready_ts"] <= t:
+            return self._kr + f"{_prio(rec['priority'])}/{tail}".encode()
+        return self._kd + tail.encode()
+
+    def _both_queue_keys(self, rec: dict[str, Any]) -> tuple[bytes, bytes]:
+        tail = f"{_us(rec['ready_ts'])}/{rec['seq']:020d}/{rec['uuid']}/{rec['kind']}"
+        return self._kr + f"{_prio(rec['priority'])}/{tail}".encode(), self._kd + tail.encode()
+
+    def _hist_ops(self, uuid: str, recs: list[dict[str, Any]]) -> list[Any]:
+        us, tag, raw = _us(recs[0]["ts"]), _tag(), _j(recs)
+        return [op_put(self._kh + f"{uuid}/{us}/{tag}".encode(), raw),
+                op_put(self._kt + f"{us}/{uuid}/{tag}".encode(), raw)]
+
+    def _report(self, key: bytes, reason: str, raw: bytes = b"") -> None:
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        _log.error("etcd store: record %r cannot be decoded and is set aside: %s", key[:200], reason)
+        self._corrupt_q.append((key, reason, raw))
+
+    def _corrupt_value(self, key: bytes, reason: str, raw: bytes) -> bytes:
+        return _j({"key": key.decode(errors="replace"), "reason": reason,
+                   "raw": raw[:4000].decode(errors="replace")})
+
+    def _zkey(self, key: bytes) -> bytes:
+        return self._kz + hashlib.sha1(key).hexdigest().encode()
+
+    async def _flush_corrupt(self) -> None:
+        if not self._corrupt_q:
+            return
+        batch, self._corrupt_q = self._corrupt_q, []
+        ops = []
+        for key, reason, raw in batch:
+            z = self._zkey(key)
+            ops.append(op_txn([absent(z)], [op_put(z, self._corrupt_value(key, reason, raw))]))
+        for i in range(0, len(ops), _NEST):
+            await self._c().txn(ops[i:i + _NEST])
+
+    def _quarantine(self, key: bytes, rev: int, raw: bytes, reason: str) -> _Part:
+        """Move an undecodable queue entry aside (kept under ``{p}z/``), so that it blocks nothing."""
+        _log.error("etcd store: queue entry %r cannot be decoded and is set aside: %s", key[:200], reason)
+        self._reported.add(key)
+        op = op_txn([mod_is(key, rev)], [op_put(self._zkey(key), self._corrupt_value(key, reason, raw)),
+                                         op_delete(key)])
+        return _Part(op, lambda r, rev: None, len(raw) + 200)
+
+    def _decode_rec(self, key: bytes, raw: bytes) -> dict[str, Any] | None:
+        try:
+            d = _loads(raw)
+            Instance.from_dict(d)  # validates every field
+            if not isinstance(d.get("seq"), int) or not isinstance(d.get("ready_ts"), (int, float)) \
+                    or not isinstance(d.get("priority"), int):
+                raise ValueError("seq, ready_ts or priority has the wrong type")
+            return d  # type: ignore[no-any-return]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._report(key, f"{type(exc).__name__}: {exc}", raw)
+            return None
+
+    def _decode_p(self, key: bytes, raw: bytes) -> dict[str, Any] | None:
+        try:
+            d = _loads(raw)
+            if not isinstance(d, dict) or not isinstance(d.get("node"), str):
+                raise ValueError("not a running entry")
+            float(d.get("lease_ts") or 0)
+            return d
+        except (ValueError, TypeError) as exc:
+            self._report(key, f"{type(exc).__name__}: {exc}", raw)
+            return None
+
+    @staticmethod
+    def _instance(rec: dict[str, Any], p: dict[str, Any] | None = None) -> Instance:
+        inst = Instance.from_dict(rec)
+        if p is not None and inst.state is State.PROCESSING:
+            inst.lease_ts = float(p.get("lease_ts") or 0) or None
+            inst.cancel_requested = bool(p.get("cancel"))
+        return inst
+
+    async def _read(self, uuids: Sequence[str]) -> dict[str, _State]:
+        """The current record, running entry and claim key of each instance (one round trip per 40)."""
+        out: dict[str, _State] = {}
+        for i in range(0, len(uuids), 40):
+            chunk = uuids[i:i + 40]
+            ops = []
+            for u in chunk:
+                b = u.encode()
+                ops += [op_range(self._ki + b), op_range(self._kp + b), op_range(self._kc + b, keys_only=True)]
+            resp = await self._c().txn(ops)
+            for k, u in enumerate(chunk):
+                out[u] = self._state_from(resp.responses[3 * k], resp.responses[3 * k + 1],
+                                          resp.responses[3 * k + 2])
+        return out
+
+    def _state_from(self, ri: Any, rp: Any, rc: Any = None) -> _State:
+        rec, i_rev, p, p_rev, c_rev = None, 0, None, 0, 0
+        kvs = ri.response_range.kvs
+        if kvs:
+            rec, i_rev = self._decode_rec(kvs[0].key, kvs[0].value), kvs[0].mod_revision
+        kvs = rp.response_range.kvs
+        if kvs:
+            p, p_rev = self._decode_p(kvs[0].key, kvs[0].value), kvs[0].mod_revision
+        if rc is not None and rc.response_range.kvs:
+            c_rev = rc.response_range.kvs[0].mod_revision
+        return _State(rec, i_rev, p, p_rev, c_rev)
+
+    # -- watch: the queue's head, running entries and claim keys, kept current --------------------------------
+    async def _ensure_watch(self) -> None:
+        if self._watch_task is not None:
+            return
+        async with self._watch_lock:
+            if self._watch_task is None:
+                await self._load()
+                self._watch_ok = True
+                self._watch_task = asyncio.create_task(self._watch_loop(), name="gojob-etcd-watch")
+
+    async def _load(self) -> None:
+        """Read the queue heads, every running entry and claim key at one revision."""
+        w = self.options.window
+        c = self._c()
+        resp = await c.txn([op_range(self._kr, prefix_end(self._kr), limit=w),
+                            op_range(self._kd, prefix_end(self._kd), limit=w),
+                            op_range(self._kp, prefix_end(self._kp), limit=_PAGE),
+                            op_range(self._kc, prefix_end(self._kc), limit=_PAGE, keys_only=True)])
+        rev = resp.header.revision
+        rr, rd, rp, rc = (r.response_range for r in resp.responses)
+        self._rw.load(rr.kvs, rr.more, rev, self._taken)
+        self._dw.load(rd.kvs, rd.more, rev)
+        running: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        claims: dict[str, int] = {}
+        for base, first, into in ((self._kp, rp, running), (self._kc, rc, claims)):
+            page = first
+            while True:
+                for kv in page.kvs:
+                    u = kv.key[len(base):].decode()
+                    into[u] = (kv.mod_revision, self._decode_p(kv.key, kv.value)) if into is running \
+                        else kv.mod_revision  # type: ignore[assignment]
+                if not page.more or not page.kvs:
+                    break
+                page = await c.range(page.kvs[-1].key + b"\0", prefix_end(base), limit=_PAGE, revision=rev,
+                                     keys_only=into is claims)
+        self._running, self._claimkeys = running, claims
+        self._mirror_rev = self._rev = rev
+
+    async def _watch_loop(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                async for resp in self._c().watch(self._kq, prefix_end(self._kq), self._rev + 1):
+                    if not self._watch_ok:
+                        self._watch_ok = True
+                        self._wake()
+                    delay = 0.05
+                    if resp.events:
+                        self._apply(resp.events)
+                    elif not resp.created and resp.header.revision > self._rev:
+                        self._rev = resp.header.revision  # progress: everything before it was sent
+            except Compacted:
+                self._watch_ok = False
+                try:
+                    await self._load()  # what was missed is gone from etcd's history: read it all again
+                    self._wake()
+                except StoreError as exc:
+                    _log.warning("etcd store: reading the queue again after a compaction failed: %s", exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+            except StoreError as exc:
+                if self._watch_ok:
+                    _log.warning("etcd store: watch interrupted (%s); resuming from revision %d", exc,
+                                 self._rev + 1)
+                self._watch_ok = False
+                self._wake()  # waiters fall back to reading the queue
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _apply(self, events: Any) -> None:
+        lq, lp = len(self._kq), len(self._kp)
+        wake = False
+        hints = False
+        rw, dw = self._rw, self._dw
+        first_due = dw.keys[0] if dw.keys else None
+        for ev in events:
+            kv = ev.kv
+            key, rev, put = kv.key, kv.mod_revision, ev.type == 0
+            if rev > self._rev:
+                self._rev = rev
+            sub = key[lq:lq + 2]
+            if sub == b"r/":
+                if put:
+                    wake = rw.put(key, rev, kv.value) or wake
+                else:
+                    rw.delete(key, rev)
+                    if self._taken.get(key, 0) <= rev:
+                        self._taken.pop(key, None)
+            elif sub == b"d/":
+                if put:
+                    dw.put(key, rev, kv.value)
+                else:
+                    dw.delete(key, rev)
+            elif rev > self._mirror_rev:
+                u = key[lp:].decode(errors="replace")
+                if sub == b"p/":
+                    if put:
+                        p = self._decode_p(key, kv.value)
+                        self._running[u] = (rev, p)
+                        if p is not None and p.get("cancel"):
+                            self._notify_cancel(u)
+                    else:
+                        self._running.pop(u, None)
+                elif sub == b"c/":
+                    if put:
+                        self._claimkeys[u] = rev
+                    else:
+                        self._claimkeys.pop(u, None)
+                        hints = True
+        if hints and any(u not in self._claimkeys for u in self._running):
+            wake = True  # a claim key vanished (its node's etcd lease expired): re-queue its instance
+        if dw.keys and dw.keys[0] != first_due:
+            wake = True  # a new first delayed instance: waiters recompute their timer
+        w = self.options.window
+        rw.trim(w)
+        dw.trim(w)
+        if wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        ev, self._wake_ev = self._wake_ev, asyncio.Event()
+        ev.set()
+
+    def _notify_cancel(self, uuid: str) -> None:
+        for send in list(self._cancel_subs):
+            try:
+                send.send_nowait(uuid)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.WouldBlock):
+                self._cancel_subs.remove(send)
+
+    def _expired(self, t: float) -> list[str]:
+        claims = self._claimkeys
+        return [u for u, (_, p) in self._running.items()
+                if p is not None and (u not in claims or float(p.get("lease_ts") or 0) < t)]
+
+    def _next_due(self) -> float:
+        if not self._dw.keys:
+            return math.inf
+        return int(self._dw.keys[0][len(self._kd):len(self._kd) + 17]) / 1e6
+
+    def _next_expiry(self) -> float:
+        t = math.inf
+        for _, p in self._running.values():
+            if p is not None:
+                t = min(t, float(p.get("lease_ts") or 0))
+        return t
+
+    # -- leases ----------------------------------------------------------------------------------------
+    async def _lease_for(self, lease: float) -> int:
+        """This node's etcd lease for claims of ``lease`` seconds (granted once, kept alive by a task)."""
+        ttl = max(1, math.ceil(lease))
+        lease_id = self._leases.get(ttl)
+        if lease_id is not None:
+            return lease_id
+        async with self._lease_lock:
+            if ttl not in self._leases:
+                self._leases[ttl] = await self._c().grant(ttl)
+                if len(self._leases) == 1:
+                    self._tasks.append(asyncio.create_task(self._keepalive_loop(), name="gojob-etcd-keepalive"))
+            return self._leases[ttl]
+
+    async def _keepalive_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(0.2, min(self._leases) / 3))
+            for ttl, lease_id in list(self._leases.items()):
+                try:
+                    left = await self._c().keepalive(lease_id)
+                    if left <= 0:  # it expired (the node could not reach etcd for a whole TTL)
+                        _log.warning("etcd store: lease %x expired; granting a new one", lease_id)
+                        self._leases[ttl] = await self._c().grant(ttl)
+                except StoreError as exc:
+                    _log.warning("etcd store: lease keepalive failed: %s", exc)
+
+    async def _compact_loop(self) -> None:
+        """Compact etcd's history to what it was ``compact`` seconds ago (keys keep their values)."""
+        every = self.options.compact
+        marks: list[tuple[float, int]] = []
+        while True:
+            await asyncio.sleep(min(every, 60.0))
+            c = self.client
+            if c is None:
+                return
+            t = time.monotonic()
+            marks.append((t, c.last_revision))
+            old = [m for m in marks if m[0] <= t - every]
+            if old:
+                rev = old[-1][1]
+                marks = [m for m in marks if m[0] > t - every]
+                if rev > 0:
+                    try:
+                        await c.compact(rev)
+                    except StoreError as exc:
+                        _log.warning("etcd store: compaction to revision %d failed: %s", rev, exc)
+
+    # -- queue -----------------------------------------------------------------------------------------
+    async def enqueue(self, instances: Sequence[Instance], *, node: str | None = None,
+                      chained: bool = False) -> list[bool]:
+        if not instances:
+            return []
+        t = _now()
+        added = [False] * len(instances)
+        parts: list[_Part] = []
+        seen: set[str] = set()
+        for idx, given in enumerate(instances):
+            u, sid = given.uuid, given.schedule_id
+            if "/" in u or (sid is not None and "/" in sid):
+                raise ValueError(f"instance uuid {u!r} and schedule id {sid!r} must not contain '/'")
+            if not -_PRIO_OFFSET <= given.priority < _PRIO_OFFSET:
+                raise ValueError(f"priority {given.priority!r} of job {given.kind!r} is out of range (64-bit)")
+            if u in seen:
+                continue
+            seen.add(u)
+            rec = given.to_dict()
+            rec.update(state=_SCHEDULED, seq=_next_seq(), lease_ts=None, cancel_requested=False)
+            raw = _j(rec)
+            qkey = self._queue_key(rec, t)
+            b = u.encode()
+            compare = [absent(self._ki + b)]
+            success = [op_put(self._ki + b, raw), op_put(qkey, raw)]
+            success += self._hist_ops(u, [
+                {"uuid": u, "kind": rec["kind"], "state": _CREATED, "ts": t, "attempt": rec["attempts"],
+                 "node": node, "detail": None},
+                {"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t + 1e-6, "attempt": rec["attempts"],
+                 "node": node, "detail": None}])
+            if sid is not None:
+                sb = sid.encode()
+                success.append(op_put(self._ks + sb + b"/" + b, b""))
+                if chained:
+                    compare.append(absent(self._kx + sb))
+                else:
+                    success.append(op_delete(self._kx + sb))
+
+            def done(r: Any, rev: int, idx: int = idx, qkey: bytes = qkey, raw: bytes = raw) -> None:
+                if r.response_txn.succeeded:
+                    added[idx] = True
+                    (self._rw if qkey.startswith(self._kr) else self._dw).put(qkey, rev, raw)
+
+            parts.append(_Part(op_txn(compare, success), done, 4 * len(raw) + 300))
+        await self._send(parts)
+        self._rw.trim(self.options.window)
+        self._dw.trim(self.options.window)
+        return added
+
+    async def claim(self, node: str, limit: int, lease: float) -> list[Instance]:
+        if limit <= 0:
+            return []
+        return (await self.finish_and_claim(node, (), limit, lease))[1]
+
+    async def _prepare_claims(self, node: str) -> None:
+        """Before claiming: re-queue expired leases the watch knows of, move due delayed instances."""
+        await self._ensure_watch()
+        t = _now()
+        if t >= self._reclaim_at and self._running:
+            expired = self._expired(t)
+            if expired:
+                self._reclaim_at = t + 0.2
+                self._reclaimed += await self._reclaim(node, expired)
+                await self._flush_corrupt()
+        if not self._dw.keys and not self._dw.complete:
+            await self._read_delayed()
+        if self._dw.keys and self._next_due() <= t:
+            await self._promote(t)
+
+    async def _read_ready(self) -> None:
+        """Read the head of the ready index; one read at a time per node (a second caller waits for it)."""
+        reading = self._ready_reading
+        if reading is not None:
+            await reading.wait()
+            return
+        reading = self._ready_reading = asyncio.Event()
+        try:
+            resp = await self._c().range(self._kr, prefix_end(self._kr), limit=self.options.window)
+            self._rw.load(resp.kvs, resp.more, resp.header.revision, self._taken)
+        finally:
+            self._ready_reading = None
+            reading.set()
+
+    async def _read_delayed(self) -> None:
+        resp = await self._c().range(self._kd, prefix_end(self._kd), limit=self.options.window)
+        self._dw.load(resp.kvs, resp.more, resp.header.revision)
+
+    async def _promote(self, t: float) -> None:
+        """Move due delayed instances into the ready index (any node may; a conflict just loses)."""
+        while True:
+            dw = self._dw
+            due = 0
+            ld = len(self._kd)
+            while due < len(dw.keys) and due < _NEST and int(dw.keys[due][ld:ld + 17]) / 1e6 <= t:
+                due += 1
+            if not due:
+                if not dw.keys and not dw.complete:
+                    await self._read_delayed()
+                    continue
+                return
+            parts = []
+            for key, rev, raw in dw.take(due):
+                rec = self._decode_rec(key, raw)
+                if rec is None:
+                    parts.append(self._quarantine(key, rev, raw, "delayed entry cannot be decoded"))
+                    continue
+                rkey = self._both_queue_keys(rec)[0]
+
+                def done(r: Any, rev: int, rkey: bytes = rkey, raw: bytes = raw) -> None:
+                    if r.response_txn.succeeded:
+                        self._rw.put(rkey, rev, raw)
+
+                parts.append(_Part(op_txn([mod_is(key, rev)], [op_delete(key), op_put(rkey, raw)]), done,
+                                   2 * len(raw) + 200))
+            await self._send(parts)
+            if due < _NEST:
+                return
+
+    def _claim_part(self, node: str, lease: float, lease_id: int, t: float, key: bytes, rev: int, raw: bytes,
+                    out: list[Instance]) -> _Part:
+        rec = self._decode_rec(key, raw)
+        if rec is None or rec.get("state") != _SCHEDULED:
+            return self._quarantine(key, rev, raw, "queued record cannot be decoded or is not SCHEDULED")
+        u = rec["uuid"]
+        b = u.encode()
+        attempts = int(rec.get("attempts") or 0) + 1
+        rec.update(state=_PROCESSING, attempts=attempts, started_ts=t, node=node, lease_ts=t + lease,
+                   cancel_requested=False)
+        p = {"node": node, "lease_ts": t + lease, "cancel": False}
+        raw_i = _j(rec)
+        success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p)),
+                   op_put(self._kc + b, node.encode(), lease_id)]
+        success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _PROCESSING, "ts": t,
+                                       "attempt": attempts, "node": node, "detail": None}])
+
+        def done(r: Any, rev: int) -> None:
+            if r.response_txn.succeeded:
+                self._held[u] = _State(rec, rev, p, rev)
+                out.append(self._instance(rec, p))
+
+        return _Part(op_txn([mod_is(key, rev)], success), done, 3 * len(raw_i) + 400)
+
+    def _finish_part(self, node: str, oc: Outcome, st: _State, t: float, oks: list[bool | None], idx: int,
+                     fresh: dict[str, _State]) -> _Part:
+        assert st.rec is not None and st.p is not None
+        rec = dict(st.rec)
+        u = oc.uuid
+        b = u.encode()
+        kind, attempts = rec["kind"], int(rec.get("attempts") or 0)
+        cancel = bool(st.p.get("cancel"))
+        hist = [{"uuid": u, "kind": kind, "state": oc.state.value, "ts": t, "attempt": attempts, "node": node,
+                 "detail": oc.error or oc.detail}]
+        success = [op_delete(self._kp + b), op_delete(self._kc + b)]
+        rec["lease_ts"] = None
+        qkey = None
+        if oc.retry_at is not None and not cancel:
+            rec.update(state=_SCHEDULED, ready_ts=oc.retry_at, error=oc.error, seq=_next_seq(),
+                       cancel_requested=False)
+            hist.append({"uuid": u, "kind": kind, "state": _SCHEDULED, "ts": t + 1e-6, "attempt": attempts,
+                         "node": node, "detail": f"retry {attempts} of {rec.get('max_retries', 0)} at "
+                                                 f"{oc.retry_at:.3f}"})
+            qkey = self._queue_key(rec, t)
+        else:
+            state = oc.state.value
+            if oc.retry_at is not None:  # a cancel arrived while the failed attempt ended: final
+                state = _CANCELED
+                hist.append({"uuid": u, "kind": kind, "state": _CANCELED, "ts": t + 1e-6, "attempt": attempts,
+                             "node": node, "detail": "canceled"})
+            rec.update(state=state, result=oc.result, error=oc.error, finished_ts=t, cancel_requested=cancel)
+        raw = _j(rec)
+        success.append(op_put(self._ki + b, raw))
+        if qkey is not None:
+            success.append(op_put(qkey, raw))
+        success += self._hist_ops(u, hist)
+
+        def done(r: Any, rev: int) -> None:
+            txn = r.response_txn
+            if txn.succeeded:
+                oks[idx] = True
+                self._held.pop(u, None)
+                self._running.pop(u, None)
+                if qkey is not None:
+                    (self._rw if qkey.startswith(self._kr) else self._dw).put(qkey, rev, raw)
+            else:
+                fresh[u] = self._state_from(txn.responses[0], txn.responses[1])
+
+        return _Part(op_txn([mod_is(self._ki + b, st.i_rev), mod_is(self._kp + b, st.p_rev)], success,
+                            [op_range(self._ki + b), op_range(self._kp + b)]), done, 3 * len(raw) + 400)
+
+    async def _states_for(self, node: str, uuids: Sequence[str]) -> dict[str, _State]:
+        """Known states of instances this node holds; read the others (one round trip)."""
+        states: dict[str, _State] = {}
+        missing = []
+        for u in uuids:
+            st = self._held.get(u)
+            if st is None or st.rec is None or st.p is None or st.p.get("node") != node:
+                missing.append(u)
+            else:
+                states[u] = st
+        if missing:
+            states.update(await self._read(missing))
+        return states
+
+    async def finish(self, node: str, outcomes: Sequence[Outcome]) -> list[bool]:
+        return (await self.finish_and_claim(node, outcomes, 0, 0.0))[0]
+
+    async def finish_and_claim(self, node: str, outcomes: Sequence[Outcome], limit: int,
+                               lease: float) -> tuple[list[bool], list[Instance]]:
+        """Finish a batch and claim up to ``limit`` more in one request (nested transactions)."""
+        if not outcomes and limit <= 0:
+            return [], []
+        return await self._finish_and_claim(node, outcomes, limit, lease)
+
+    async def _finish_and_claim(self, node: str, outcomes: Sequence[Outcome], limit: int,
+                                lease: float) -> tuple[list[bool], list[Instance]]:
+        n = len(outcomes)
+        oks: list[bool | None] = [None] * n
+        claimed: list[Instance] = []
+        states = await self._states_for(node, [oc.uuid for oc in outcomes]) if n else {}
+        if limit > 0:
+            await self._prepare_claims(node)
+        lease_id = await self._lease_for(lease) if limit > 0 else 0
+        pending = list(range(n))
+        rounds = 0
+        while True:
+            rounds += 1
+            t = _now()
+            fresh: dict[str, _State] = {}
+            parts: list[_Part] = []
+            seen: set[str] = set()
+            for idx in pending:
+                oc = outcomes[idx]
+                st = states.get(oc.uuid)
+                if oc.uuid in seen:  # the same instance twice in one batch: the first one counts
+                    oks[idx] = False
+                    continue
+                seen.add(oc.uuid)
+                if st is None or st.rec is None or st.rec.get("state") != _PROCESSING or st.p is None \
+                        or st.p.get("node") != node:
+                    oks[idx] = False
+                    continue
+                parts.append(self._finish_part(node, oc, st, t, oks, idx, fresh))
+            taken: list[tuple[bytes, int, bytes]] = []
+            need = limit - len(claimed)
+            if need > 0 and rounds <= 8:
+                if not self._rw.keys and (not self._rw.complete or not self._watch_ok
+                                          or time.monotonic() - self._rw.read_at > 1.0):
+                    await self._read_ready()
+                taken = self._rw.take(min(need, _NEST - len(parts)))
+                for key, rev, raw in taken:
+                    # an entry for an instance this node holds or finishes is stale (read before its
+                    # claim); one instance twice in a request would fail it whole (duplicate key)
+                    u = key[len(self._kr):].split(b"/", 4)[3].decode()
+                    if u in seen or u in self._held:
+                        continue
+                    seen.add(u)
+                    self._taken[key] = math.inf
+                    parts.append(self._claim_part(node, lease, lease_id, t, key, rev, raw, claimed))
+            if not parts:
+                break
+            try:
+                await self._send(parts)
+            except BaseException:
+                for key, rev, raw in taken:  # not sent or not answered: keep them in view
+                    self._taken.pop(key, None)
+                    self._rw.restore(key, rev, raw)
+                raise
+            done_rev = self._c().last_revision
+            for key, _, _ in taken:
+                self._taken[key] = done_rev
+            pending = [idx for idx in pending if oks[idx] is None]
+            for idx in pending:
+                states[outcomes[idx].uuid] = fresh.get(outcomes[idx].uuid, states[outcomes[idx].uuid])
+            if rounds > 8 and pending:
+                raise StoreError(f"etcd store: finish of {len(pending)} instance(s) kept conflicting")
+            if not pending and (len(claimed) >= limit or not taken):
+                break
+        await self._flush_corrupt()
+        return [bool(x) for x in oks], claimed
+
+    async def wait_ready(self, timeout: float) -> None:
+        await self._ensure_watch()
+        t = _now()
+        if self._rw.keys or not self._rw.complete or self._next_due() <= t \
+                or (not self._dw.keys and not self._dw.complete):
+            return  # work now, or a queue head to read again
+        if self._running and t >= self._reclaim_at and self._expired(t):
+            return
+        deadline = min(self._next_due(), max(self._next_expiry() + 0.01, self._reclaim_at)) - t
+        wait = min(timeout, max(0.0, deadline))
+        if not self._watch_ok:
+            wait = min(wait, 0.5)
+        if wait <= 0:
+            return
+        ev = self._wake_ev
+        with anyio.move_on_after(wait):
+            await ev.wait()
+
+    async def extend_leases(self, node: str, uuids: Sequence[str], lease: float) -> LeaseReport:
+        if not uuids:
+            return LeaseReport()
+        lease_id = await self._lease_for(lease)
+        lost: set[str] = set()
+        cancel: set[str] = set()
+        states = await self._states_for(node, list(dict.fromkeys(uuids)))
+        pending = list(states)
+        for _ in range(5):
+            t = _now()
+            parts = []
+            retry: dict[str, _State] = {}
+            for u in pending:
+                st = states[u]
+                if st.p is None or st.p.get("node") != node:
+                    lost.add(u)
+                    continue
+                p = dict(st.p, lease_ts=t + lease)
+                b = u.encode()
+
+                def done(r: Any, rev: int, u: str = u, st: _State = st, p: dict[str, Any] = p) -> None:
+                    txn = r.response_txn
+                    if txn.succeeded:
+                        self._held[u] = st._replace(p=p, p_rev=rev)
+                        if p.get("cancel"):
+                            cancel.add(u)
+                    else:
+                        kvs = txn.responses[0].response_range.kvs
+                        np = self._decode_p(kvs[0].key, kvs[0].value) if kvs else None
+                        retry[u] = st._replace(p=np, p_rev=kvs[0].mod_revision if kvs else 0)
+
+                parts.append(_Part(op_txn([mod_is(self._kp + b, st.p_rev)],
+                                          [op_put(self._kp + b, _j(p)), op_put(self._kc + b, node.encode(), lease_id)],
+                                          [op_range(self._kp + b)]), done, 300))
+            await self._send(parts)
+            states.update(retry)
+            pending = list(retry)
+            if not pending:
+                break
+        return LeaseReport(frozenset(lost), frozenset(cancel))
+
+    async def _reclaim(self, node: str, uuids: Sequence[str]) -> list[Instance]:
+        """Re-queue (or cancel) instances whose lease expired or whose claim key vanished."""
+        out: list[Instance] = []
+        states = await self._read(list(uuids))
+        t = _now()
+        parts = []
+        for u, st in states.items():
+            # what was read is newer than what the watch told: correct the mirror
+            if st.p is None:
+                self._running.pop(u, None)
+            else:
+                self._running[u] = (st.p_rev, st.p)
+            if st.c_rev:
+                self._claimkeys[u] = st.c_rev
+            else:
+                self._claimkeys.pop(u, None)
+            rec, p = st.rec, st.p
+            if rec is None or p is None or rec.get("state") != _PROCESSING:
+                continue
+            if st.c_rev and float(p.get("lease_ts") or 0) >= t:
+                continue  # still held
+            b = u.encode()
+            lost_node = p.get("node") or "?"
+            rec = dict(rec, lease_ts=None)
+            attempts = int(rec.get("attempts") or 0)
+            qkey = None
+            if p.get("cancel"):
+                rec.update(state=_CANCELED, finished_ts=t, cancel_requested=True)
+                h = {"uuid": u, "kind": rec["kind"], "state": _CANCELED, "ts": t, "attempt": attempts, "node": node,
+                     "detail": f"canceled; node {lost_node} lost its lease"}
+            else:
+                rec.update(state=_SCHEDULED, abandoned=int(rec.get("abandoned") or 0) + 1, seq=_next_seq(),
+                           cancel_requested=False)
+                h = {"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t, "attempt": attempts, "node": node,
+                     "detail": f"attempt {attempts} abandoned: node {lost_node} lost its lease; re-queued"}
+                qkey = self._queue_key(rec, t)
+            raw = _j(rec)
+            success = [op_delete(self._kp + b), op_delete(self._kc + b), op_put(self._ki + b, raw)]
+            if qkey is not None:
+                success.append(op_put(qkey, raw))
+            success += self._hist_ops(u, [h])
+
+            def done(r: Any, rev: int, rec: dict[str, Any] = rec, qkey: bytes | None = qkey, raw: bytes = raw,
+                     u: str = u) -> None:
+                if r.response_txn.succeeded:
+                    self._running.pop(u, None)
+                    self._held.pop(u, None)
+                    if qkey is not None:
+                        (self._rw if qkey.startswith(self._kr) else self._dw).put(qkey, rev, raw)
+                        out.append(self._instance(rec))
+
+            parts.append(_Part(op_txn([mod_is(self._ki + b, st.i_rev), mod_is(self._kp + b, st.p_rev),
+                                       mod_is(self._kc + b, st.c_rev)], success), done, 3 * len(raw) + 400))
+        await self._send(parts)
+        if out:
+            self._wake()
+        return out
+
+    async def reclaim_expired(self, node: str) -> list[Instance]:
+        t = _now()
+        claims = {kv.key[len(self._kc):] async for kv in self._scan(self._kc, prefix_end(self._kc), keys_only=True)}
+        expired = []
+        async for kv in self._scan(self._kp, prefix_end(self._kp)):
+            u = kv.key[len(self._kp):]
+            p = self._decode_p(kv.key, kv.value)
+            if p is not None and (u not in claims or float(p.get("lease_ts") or 0) < t):
+                expired.append(u.decode())
+        found = await self._reclaim(node, expired) if expired else []
+        await self._flush_corrupt()
+        earlier, self._reclaimed = self._reclaimed, []
+        return earlier + found
+
+    async def release(self, node: str, uuids: Sequence[str]) -> None:
+        if not uuids:
+            return
+        states = await self._states_for(node, list(dict.fromkeys(uuids)))
+        pending = list(states)
+        for _ in range(5):
+            t = _now()
+            fresh: dict[str, _State] = {}
+            parts = []
+            for u in pending:
+                st = states[u]
+                if st.rec is None or st.p is None or st.rec.get("state") != _PROCESSING or st.p.get("node") != node:
+                    continue
+                b = u.encode()
+                a = max(0, int(st.rec.get("attempts") or 0) - 1)
+                rec = dict(st.rec, state=_SCHEDULED, attempts=a, lease_ts=None, seq=_next_seq(),
+                           cancel_requested=False)
+                raw = _j(rec)
+                qkey = self._queue_key(rec, t)
+                success = [op_delete(self._kp + b), op_delete(self._kc + b), op_put(self._ki + b, raw),
+                           op_put(qkey, raw)]
+                success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t,
+                                               "attempt": a, "node": node, "detail": f"released by node {node}"}])
+
+                def done(r: Any, rev: int, u: str = u, qkey: bytes = qkey, raw: bytes = raw) -> None:
+                    txn = r.response_txn
+                    if txn.succeeded:
+                        self._held.pop(u, None)
+                        self._running.pop(u, None)
+                        (self._rw if qkey.startswith(self._kr) else self._dw).put(qkey, rev, raw)
+                    else:
+                        fresh[u] = self._state_from(txn.responses[0], txn.responses[1])
+
+                parts.append(_Part(op_txn([mod_is(self._ki + b, st.i_rev), mod_is(self._kp + b, st.p_rev)],
+                                          success, [op_range(self._ki + b), op_range(self._kp + b)]),
+                                   done, 3 * len(raw) + 400))
+            await self._send(parts)
+            states.update(fresh)
+            pending = list(fresh)
+            if not pending:
+                break
+        self._wake()
+
+    async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
+        c = self._c()
+        first = (await self._read([uuid]))[uuid]
+        await self._flush_corrupt()
+        if first.rec is None:
+            if first.i_rev:
+                raise CorruptRecordError((self._ki + uuid.encode()).decode(), "cannot be decoded (set aside)")
+            return None
+        sid = first.rec.get("schedule_id")
+        head = []
+        targets = [uuid]
+        if sid:
+            sb = str(sid).encode()
+            head.append(op_put(self._kx + sb, b"1"))
+            base = self._ks + sb + b"/"
+            key = base
+            while True:
+                page = await c.range(key, prefix_end(base), limit=_PAGE, keys_only=True)
+                targets += [kv.key[len(base):].decode() for kv in page.kvs]
+                if not page.more or not page.kvs:
+                    break
+                key = page.kvs[-1].key + b"\0"
+            targets = list(dict.fromkeys(targets))
+        states = await self._read(targets) if len(targets) > 1 else {uuid: first}
+        pending = list(states)
+        for _ in range(5):
+            t = _now()
+            fresh: dict[str, _State] = {}
+            parts = []
+            for u in pending:
+                st = states[u]
+                rec = st.rec
+                if rec is None:
+                    continue
+                b = u.encode()
+                failure = [op_range(self._ki + b), op_range(self._kp + b)]
+
+                def done(r: Any, rev: int, u: str = u, st: _State = st) -> None:
+                    txn = r.response_txn
+                    if not txn.succeeded:
+                        fresh[u] = self._state_from(txn.responses[0], txn.responses[1])
+
+                if rec.get("state") in _WAITING:
+                    new = dict(rec, state=_CANCELED, finished_ts=t)
+                    rkey, dkey = self._both_queue_keys(rec)
+                    self._rw.delete(rkey)
+                    self._dw.delete(dkey)
+                    success = [op_put(self._ki + b, _j(new)), op_delete(rkey), op_delete(dkey)]
+                    success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _CANCELED, "ts": t,
+                                                   "attempt": rec.get("attempts", 0), "node": node,
+                                                   "detail": "canceled before it ran"}])
+                    parts.append(_Part(op_txn([mod_is(self._ki + b, st.i_rev)], success, failure), done, 2000))
+                elif rec.get("state") == _PROCESSING and st.p is not None and not st.p.get("cancel"):
+                    p = dict(st.p, cancel=True)
+                    parts.append(_Part(op_txn([mod_is(self._kp + b, st.p_rev), mod_is(self._ki + b, st.i_rev)],
+                                              [op_put(self._kp + b, _j(p))], failure), done, 400))
+            await self._send(parts, head)
+            head = []
+            states.update(fresh)
+            pending = list(fresh)
+            if not pending:
+                break
+        return await self.get_instance(uuid)
+
+    async def cancel_notifications(self) -> AsyncIterator[str]:
+        await self._ensure_watch()
+        send, receive = anyio.create_memory_object_stream[str](1000)
+        self._cancel_subs.append(send)
+        try:
+            async with receive:
+                async for uuid in receive:
+                    yield uuid
+        finally:
+            if send in self._cancel_subs:
+                self._cancel_subs.remove(send)
+            send.close()
+
+    async def get_instance(self, uuid: str) -> Instance | None:
+        b = uuid.encode()
+        resp = await self._c().txn([op_range(self._ki + b), op_range(self._kp + b)])
+        st = self._state_from(resp.responses[0], resp.responses[1])
+        await self._flush_corrupt()
+        if st.rec is None:
+            if st.i_rev:
+                raise CorruptRecordError((self._ki + b).decode(), "cannot be decoded (set aside)")
+            return None
+        return self._instance(st.rec, st.p)
+
+    async def _scan(self, key: bytes, end: bytes, *, desc: bool = False, keys_only: bool = False,
+                    stop: Callable[[int], bool] | None = None) -> AsyncIterator[Any]:
+        """Every key in ``[key, end)``, a page at a time at one revision (gRPC's receive limit)."""
+        c = self._c()
+        lo, hi, rev = key, end, 0
+        got = 0
+        while True:
+            page = await c.range(lo, hi, limit=_PAGE, desc=desc, keys_only=keys_only, revision=rev)
+            rev = rev or page.header.revision
+            for kv in page.kvs:
+                yield kv
+            got += len(page.kvs)
+            if not page.more or not page.kvs or (stop is not None and stop(got)):
+                return
+            if desc:
+                hi = page.kvs[-1].key
+            else:
+                lo = page.kvs[-1].key + b"\0"
+
+    async def _instances(self, query: Query) -> list[tuple[Instance, int]]:
+        found: list[tuple[Instance, int]] = []
+        if query.uuid is not None:
+            b = query.uuid.encode()
+            resp = await self._c().txn([op_range(self._ki + b), op_range(self._kp + b)])
+            st = self._state_from(resp.responses[0], resp.responses[1])
+            if st.rec is not None:
+                inst = self._instance(st.rec, st.p)
+                if query.matches_instance(inst):
+                    found.append((inst, st.i_rev))
+        else:
+            running: dict[bytes, dict[str, Any] | None] = {}
+            async for kv in self._scan(self._kp, prefix_end(self._kp)):
+                running[kv.key[len(self._kp):]] = self._decode_p(kv.key, kv.value)
+            li = len(self._ki)
+            async for kv in self._scan(self._ki, prefix_end(self._ki)):
+                rec = self._decode_rec(kv.key, kv.value)
+                if rec is None:
+                    continue
+                inst = self._instance(rec, running.get(kv.key[li:]))
+                if query.matches_instance(inst):
+                    found.append((inst, kv.mod_revision))
+            found.sort(key=lambda x: (x[0].created_ts, x[0].uuid))
+        await self._flush_corrupt()
+        return found
+
+    async def list_instances(self, query: Query) -> list[Instance]:
+        return query.apply_limit([inst for inst, _ in await self._instances(query)])
+
+    async def clear_instances(self, query: Query) -> int:
+        found = [(i, rev) for i, rev in await self._instances(query) if i.state is not State.PROCESSING]
+        removed = [0]
+        parts = []
+        for inst, rev in found:
+            b = inst.uuid.encode()
+            rkey, dkey = self._both_queue_keys({"ready_ts": inst.ready_ts, "seq": inst.seq, "uuid": inst.uuid,
+                                                "kind": inst.kind, "priority": inst.priority})
+            self._rw.delete(rkey)
+            self._dw.delete(dkey)
+            ops = [op_delete(self._ki + b), op_delete(rkey), op_delete(dkey)]
+            if inst.schedule_id is not None:
+                ops.append(op_delete(self._ks + inst.schedule_id.encode() + b"/" + b))
+
+            def done(r: Any, rev: int) -> None:
+                if r.response_txn.succeeded:
+                    removed[0] += 1
+
+            parts.append(_Part(op_txn([mod_is(self._ki + b, rev)], ops), done, 300))
+        await self._send(parts)
+        return removed[0]
+
+    async def queue_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for base, skip in ((self._kr, 4), (self._kd, 3)):
+            async for kv in self._scan(base, prefix_end(base), keys_only=True):
+                parts = kv.key[len(base):].decode(errors="replace").split("/", skip)
+                if len(parts) > skip:
+                    counts[parts[skip]] = counts.get(parts[skip], 0) + 1
+        return counts
+
+    async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
+        interval = 0.002
+        with anyio.move_on_after(timeout):
+            while True:
+                inst = await self.get_instance(uuid)
+                if inst is None or inst.state.is_final:
+                    return inst
+                await anyio.sleep(interval)
+                interval = min(interval * 1.5, 0.1)
+        return await self.get_instance(uuid)
+
+    # -- history and logs ----------------------------------------------------------------------------
+    def _time_range(self, by_uuid: bytes, by_time: bytes, query: Query) -> tuple[bytes, bytes]:
+        lo = "" if query.since_ts is None else _us(query.since_ts - 2e-6)
+        hi = None if query.until_ts is None else f"{max(0, int(query.until_ts * 1e6) + 2):017d}"
+        base = by_uuid + query.uuid.encode() + b"/" if query.uuid is not None else by_time
+        return base + lo.encode(), (base + hi.encode()) if hi is not None else prefix_end(base)
+
+    async def _records(self, by_uuid: bytes, by_time: bytes, query: Query, decode: Callable[[Any], Any],
+                       many: bool) -> list[tuple[bytes, Any, list[Any]]]:
+        """(key, decoded list of all records in it, the matching ones), in time order."""
+        lo, hi = self._time_range(by_uuid, by_time, query)
+        desc = query.limit is not None and query.uuid is None
+        matched = [0]
+        limit = query.limit or 0
+        out: list[tuple[bytes, Any, list[Any]]] = []
+        async for kv in self._scan(lo, hi, desc=desc, stop=(lambda _: matched[0] > limit + 10) if desc else None):
+            try:
+                raw = _loads(kv.value)
+                recs = [decode(d) for d in (raw if many else [raw])]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                self._report(kv.key, f"{type(exc).__name__}: {exc}", kv.value)
+                continue
+            hits = [r for r in recs if query.matches_record(r)]
+            if hits:
+                matched[0] += len(hits)
+                out.append((kv.key, recs, hits))
+        await self._flush_corrupt()
+        if desc:
+            out.reverse()
+        return out
+
+    async def lookup_history(self, query: Query) -> list[StateRecord]:
+        found = [r for _, _, hits in await self._records(self._kh, self._kt, query, StateRecord.from_dict, True)
+                 for r in hits]
+        found.sort(key=lambda r: r.ts)
+        return query.apply_limit(found)
+
+    async def _clear(self, by_uuid: bytes, by_time: bytes, query: Query, decode: Callable[[Any], Any],
+                     many: bool) -> int:
+        found = await self._records(by_uuid, by_time, query, decode, many)
+        ops: list[Any] = []
+        removed = 0
+        for key, recs, hits in found:
+            removed += len(hits)
+            if query.uuid is not None:  # {uuid}/{us}/{tag} -> {us}/{uuid}/{tag}
+                u = query.uuid
+                us, tag = key[len(by_uuid) + len(u.encode()) + 1:].decode().split("/", 1)
+            else:  # {us}/{uuid}/{tag}
+                us, rest = key[len(by_time):].decode().split("/", 1)
+                u, tag = rest.rsplit("/", 1)
+            pair = (by_uuid + f"{u}/{us}/{tag}".encode(), by_time + f"{us}/{u}/{tag}".encode())
+            keep = [r for r in recs if r not in hits]
+            for k in pair:
+                ops.append(op_put(k, _j([r.to_dict() for r in keep]) if many else b"") if keep else op_delete(k))
+        for i in range(0, len(ops), _NEST):
+            await self._c().txn(ops[i:i + _NEST])
+        return removed
+
+    async def clear_history(self, query: Query) -> int:
+        return await self._clear(self._kh, self._kt, query, StateRecord.from_dict, True)
+
+    async def append_logs(self, records: Sequence[LogRecord]) -> None:
+        ops = []
+        for rec in records:
+            us, tag, raw = _us(rec.ts), _tag(), _j(rec.to_dict())
+            ops.append(op_put(self._kl + f"{rec.uuid}/{us}/{tag}".encode(), raw))
+            ops.append(op_put(self._km + f"{us}/{rec.uuid}/{tag}".encode(), raw))
+        parts = [_Part(op, lambda r, rev: None, 2 * op.request_put.ByteSize()) for op in ops]
+        await self._send(parts)
+
+    async def lookup_logs(self, query: Query) -> list[LogRecord]:
+        found = [r for _, _, hits in await self._records(self._kl, self._km, query, LogRecord.from_dict, False)
+                 for r in hits]
+        found.sort(key=lambda r: r.ts)
+        return query.apply_limit(found)
+
+    async def clear_logs(self, query: Query) -> int:
+        return await self._clear(self._kl, self._km, query, LogRecord.from_dict, False)
+
+    async def corrupt_records(self) -> list[CorruptRecord]:
+        out = []
+        async for kv in self._scan(self._kz, prefix_end(self._kz)):
+            try:
+                d = _loads(kv.value)
+                out.append(CorruptRecord(str(d["key"]), str(d["reason"]), str(d.get("raw", ""))))
+            except (ValueError, KeyError, TypeError):
+                out.append(CorruptRecord(kv.key.decode(errors="replace"), "unreadable report",
+                                         kv.value.decode(errors="replace")))
+        return sorted(out, key=lambda c: c.key)

@@ -1,0 +1,159 @@
+"""What the etcd store does beyond the conformance suite: URLs, key layout, corrupt records, leases."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from gojob_core import CorruptRecordError, Instance, Manager, Query, State
+from gojob_core.abc import Outcome
+from gojob_core.testing.servers import Server
+from gojob_store_etcd import EtcdStore, parse_etcd_url
+from gojob_store_etcd._client import op_put, op_range, prefix_end
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def store(etcd_server: Server) -> AsyncIterator[EtcdStore]:
+    s = EtcdStore.from_url(etcd_server.url("etcd"), prefix=f"/s{uuid.uuid4().hex[:8]}/")
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def _inst(priority: int = 0, args: list[int] | None = None) -> Instance:
+    t = time.time()
+    return Instance(uuid=str(uuid.uuid4()), kind="k", args=args or [], priority=priority, state=State.SCHEDULED,
+                    created_ts=t, ready_ts=t)
+
+
+# -- URLs ----------------------------------------------------------------------------------------------------
+def test_url_with_several_endpoints_credentials_tls_and_prefix() -> None:
+    o = parse_etcd_url("etcds://me:p%40ss@10.0.0.1:2379,[::1]:23790,etcd.example/myapp?timeout=2.5&ca=/ca.pem"
+                       "&cert=/c.pem&key=/k.pem&compact=0")
+    assert o.endpoints == [("10.0.0.1", 2379), ("::1", 23790), ("etcd.example", 2379)]
+    assert (o.username, o.password, o.tls) == ("me", "p@ss", True)
+    assert (o.ca_file, o.cert_file, o.key_file) == ("/ca.pem", "/c.pem", "/k.pem")
+    assert (o.prefix, o.timeout, o.compact) == ("/myapp/", 2.5, 0.0)
+    assert "p@ss" not in repr(o)
+    assert parse_etcd_url("etcd://h", prefix="x").prefix == "x/"
+    assert parse_etcd_url("etcd://h").endpoints == [("h", 2379)]
+
+
+@pytest.mark.parametrize("url", ["redis://h:1", "etcd://h:x", "etcd://h:0", "etcd://h?nope=1", "etcd://h?window=3",
+                                 "etcd://h?timeout=-1", "etcd://h?compact=inf"])
+def test_bad_urls_are_value_errors_naming_the_url(url: str) -> None:
+    with pytest.raises(ValueError, match="store URL"):
+        parse_etcd_url(url)
+
+
+async def test_manager_resolves_the_etcd_scheme_through_the_entry_point(etcd_server: Server) -> None:
+    async with Manager(f"{etcd_server.url('etcd')}?prefix=/ep{uuid.uuid4().hex[:6]}/", num_workers=0) as mgr:
+        assert isinstance(mgr.store, EtcdStore)
+        assert mgr.store.ANYIO_BACKENDS == ("asyncio",)
+
+
+# -- key layout ------------------------------------------------------------------------------------------------
+async def test_ready_index_sorts_negative_priorities_first(store: EtcdStore) -> None:
+    prios = [3, -2**62, 0, -1, 2**62, -7, 1]
+    await store.enqueue([_inst(priority=p) for p in prios])
+    resp = await store._c().range(store._kr, prefix_end(store._kr), keys_only=True)
+    keys = [kv.key for kv in resp.kvs]
+    assert keys == sorted(keys)  # etcd's own key order ...
+    got = [int(k[len(store._kr):].split(b"/")[0]) - 2**63 for k in keys]
+    assert got == sorted(prios)  # ... is the priority order
+    with pytest.raises(ValueError, match="out of range"):
+        await store.enqueue([_inst(priority=2**63)])
+
+
+async def test_large_reads_are_paged(store: EtcdStore) -> None:
+    n = 2500  # over two pages of 1,000 keys
+    added = await store.enqueue([_inst(args=[i]) for i in range(n)])
+    assert added == [True] * n
+    assert len(await store.list_instances(Query())) == n
+    assert (await store.queue_counts()) == {"k": n}
+    assert len(await store.lookup_history(Query())) == 2 * n
+    assert len(await store.lookup_history(Query(limit=5))) == 5
+
+
+async def test_claim_keys_hang_on_this_node_etcd_lease(store: EtcdStore) -> None:
+    inst = _inst()
+    await store.enqueue([inst])
+    [got] = await store.claim("n1", 1, 5.0)
+    c = store._c()
+    claim = await c.range(store._kc + inst.uuid.encode())
+    assert claim.kvs and claim.kvs[0].lease == store._leases[5]
+    # the lease gone (its node died): the claim key goes with it, and the instance is re-queued
+    await c.revoke(store._leases[5])
+    assert not (await c.range(store._kc + inst.uuid.encode())).kvs
+    [again] = await store.reclaim_expired("n2")
+    assert again.uuid == inst.uuid and again.state is State.SCHEDULED and again.abandoned == 1
+    assert await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED)]) == [False]
+
+
+# -- corrupt records -------------------------------------------------------------------------------------------
+async def test_corrupt_records_are_reported_set_aside_and_never_deleted(store: EtcdStore) -> None:
+    c = store._c()
+    good = [_inst(args=[i]) for i in range(3)]
+    await store.enqueue(good)
+    bad_uuid = str(uuid.uuid4())
+    bad_inst = store._ki + bad_uuid.encode()
+    bad_ready = store._kr + f"{2**63 - 5:020d}/{0:017d}/{1:020d}/{bad_uuid}/k".encode()  # first in line
+    bad_hist = store._kh + f"{good[0].uuid}/00000000000000001/x".encode()
+    await c.txn([op_put(bad_inst, b"{not json"), op_put(bad_ready, b"\xff\xfe"), op_put(bad_hist, b"[{}]")])
+
+    assert sorted(i.uuid for i in await store.list_instances(Query())) == sorted(i.uuid for i in good)
+    with pytest.raises(CorruptRecordError):
+        await store.get_instance(bad_uuid)
+    claimed = await store.claim("n1", 10, 30.0)  # the bad queue entry is moved aside, the others run
+    assert sorted(i.uuid for i in claimed) == sorted(i.uuid for i in good)
+    assert len(await store.lookup_history(Query(instance=good[0]))) == 3
+
+    reported = {r.key: r for r in await store.corrupt_records()}
+    assert {bad_inst.decode(), bad_ready.decode(errors="replace"), bad_hist.decode()} <= set(reported)
+    assert "not json" in reported[bad_inst.decode()].raw
+    # nothing was deleted: the record and the history key are where they were, the queue entry is kept
+    # under the report
+    assert (await c.range(bad_inst)).kvs[0].value == b"{not json"
+    assert (await c.range(bad_hist)).kvs[0].value == b"[{}]"
+    assert not (await c.range(bad_ready)).kvs
+    z = await c.txn([op_range(store._kz, prefix_end(store._kz))])
+    assert len(z.responses[0].response_range.kvs) == 3
+
+
+async def test_watch_resumed_past_a_compaction_reads_the_queue_again(store: EtcdStore, etcd_server: Server) -> None:
+    await store.wait_ready(0)  # starts the watch
+    assert store._watch_task is not None
+    store._watch_task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await store._watch_task
+    other = EtcdStore.from_url(etcd_server.url("etcd"), prefix=store.options.prefix)
+    await other.start()
+    try:
+        inst = _inst()
+        await other.enqueue([inst])  # the stopped watch misses this ...
+        c = other._c()
+        await c.compact(c.last_revision)  # ... and etcd forgets it happened
+    finally:
+        await other.stop()
+    store._watch_task = asyncio.create_task(store._watch_loop())  # resumes from the old revision
+    t = time.monotonic()
+    await store.wait_ready(5.0)
+    for _ in range(100):
+        if store._rw.keys:
+            break
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - t < 3.0
+    [got] = await store.claim("n1", 10, 30.0)
+    assert got.uuid == inst.uuid
