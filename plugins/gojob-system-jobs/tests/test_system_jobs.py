@@ -299,7 +299,9 @@ class CleanerSuite:
 
         assert inst.result["removed"] == 2 * len(gone) == 472 and inst.result["kept_running"] == 8
         assert inst.result["batches"] >= 472 // 32
-        assert len(store.cleared) >= 472 // 32 and max(store.cleared) <= 32
+        # a batch grows only to keep records of one timestamp together (two store calls a microsecond
+        # apart can stamp records alike), so it stays near the batch size
+        assert len(store.cleared) >= 472 // 32 and max(store.cleared) <= 2 * 32
         assert max(store.looked_up) <= 2 * 32
         left = await mgr.lookup_instance_history(Query(kind="bulk"))
         assert {r.uuid for r in left} == waiting_ids and len(left) == 8
