@@ -1,4 +1,4 @@
-"""The system jobs on the memory store (asyncio and trio) and on real Valkey and Redis servers (asyncio).
+"""The system jobs on the memory store (asyncio and trio) and on real Valkey, Redis and etcd servers (asyncio).
 
 "Old" records are made without waiting days: instances run, a short pause, more instances run, and the
 cleaner gets a ``max_age`` that falls in the pause (computed from the records' own timestamps).
@@ -20,6 +20,7 @@ import pytest
 from croniter import croniter
 from gojob_core import Instance, Job, Query, State, Store
 from gojob_core.testing.servers import Server
+from gojob_store_etcd.store import EtcdStore
 from gojob_store_redis import RedisStore
 from gojob_store_valkey import ValkeyStore
 
@@ -76,6 +77,10 @@ class SpyValkeyStore(_Spy, ValkeyStore):
 
 
 class SpyRedisStore(_Spy, RedisStore):
+    pass
+
+
+class SpyEtcdStore(_Spy, EtcdStore):
     pass
 
 
@@ -405,6 +410,13 @@ class TestRedisStore(CleanerSuite):
     def make_store(self, redis_server: Server) -> Callable[[], Store]:
         prefix = f"sj{_uuid.uuid4().hex[:8]}:"
         return lambda: SpyRedisStore.from_url(redis_server.url("redis"), prefix=prefix)
+
+
+class TestEtcdStore(CleanerSuite):
+    @pytest.fixture
+    def make_store(self, etcd_server: Server) -> Callable[[], Store]:
+        prefix = f"/sj{_uuid.uuid4().hex[:8]}/"
+        return lambda: SpyEtcdStore.from_url(etcd_server.url("etcd"), prefix=prefix)
 
 
 # -- registration and argument checks (the store plays no part) ------------------------------------------
