@@ -107,8 +107,10 @@ class _FinishBatcher:
             self._busy = True
             try:
                 # let the other workers that finished in this same turn of the event loop join the
-                # batch: one store call then carries all of them (where a network store's speed is)
-                await anyio.lowlevel.checkpoint()
+                # batch: one store call then carries all of them (where a network store's speed is);
+                # a store in this process gains nothing from waiting
+                if not self._manager.store.IN_PROCESS:
+                    await anyio.lowlevel.checkpoint()
                 while self._pending:
                     batch, self._pending = self._pending, []
                     m = self._manager

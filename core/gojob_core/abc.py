@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import anyio
 
@@ -39,9 +39,8 @@ from ._state import State
 __all__ = ["CorruptRecord", "LeaseReport", "Outcome", "Store"]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one attempt ended, handed to :meth:`Store.finish`.
+class Outcome(NamedTuple):
+    """How one attempt ended, handed to :meth:`Store.finish` (a named tuple: one is made per attempt).
 
     ``state`` is the attempt's state (COMPLETED, TERMINATED, TIMED_OUT or CANCELED). With ``retry_at``
     set (epoch seconds) the instance records ``state`` for this attempt and goes back to SCHEDULED,
@@ -82,6 +81,9 @@ class Store(abc.ABC):
 
     SCHEMES: ClassVar[tuple[str, ...]] = ()
     ANYIO_BACKENDS: ClassVar[tuple[str, ...]] = ("asyncio", "trio")
+    #: True for a store whose calls do no I/O (the memory store): the Manager then does not wait
+    #: to gather a batch of finishes before writing them
+    IN_PROCESS: ClassVar[bool] = False
 
     #: The store's name, shown in logs and ``jobctl``.
     name: str = "store"
