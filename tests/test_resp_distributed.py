@@ -1,6 +1,6 @@
 """The Valkey and Redis stores across processes and failures, on real servers.
 
-- several worker processes (tests/_resp_worker.py) on one server run 5,000 instances, each exactly once;
+- several worker processes (gojob_core.testing.worker) on one server run 5,000 instances, each exactly once;
 - a worker process killed with SIGKILL mid-job: another one re-runs the job after the lease expires;
 - the server restarted (with persistence) under load: nothing is lost, nothing runs more than twice;
 - bad input at start (URL, refused connection, wrong password): one clear error each.
@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 pytestmark = pytest.mark.anyio
 
-WORKER = str(Path(__file__).with_name("_resp_worker.py"))
+WORKER = ["-m", "gojob_core.testing.worker"]  # the shared worker program
 STORES = ["redis", "valkey"]
 
 
@@ -92,7 +92,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
 
 # -- worker processes -----------------------------------------------------------------------------------
 class Workers:
-    """Worker processes running tests/_resp_worker.py; each is ended by PID at teardown."""
+    """Worker processes running gojob_core.testing.worker; each is ended by PID at teardown."""
 
     def __init__(self, out_dir: Path) -> None:
         self.dir = out_dir
@@ -101,7 +101,7 @@ class Workers:
     def start(self, url: str, node: str, *, lease: float, num_workers: int) -> None:
         with open(self.dir / f"{node}.log", "wb") as log:
             self.procs[node] = subprocess.Popen(
-                [sys.executable, WORKER, url, node, str(lease), str(num_workers), str(self.dir)],
+                [sys.executable, *WORKER, url, node, str(lease), str(num_workers), str(self.dir)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self, node: str) -> str:

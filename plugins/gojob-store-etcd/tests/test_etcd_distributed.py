@@ -1,6 +1,6 @@
 """The etcd store across processes and failures, on a real etcd.
 
-- two worker processes (tests/_etcd_worker.py) on one etcd run 3,000 instances, each exactly once;
+- two worker processes (gojob_core.testing.worker) on one etcd run 3,000 instances, each exactly once;
 - a worker process killed with SIGKILL mid-job: the other one re-runs the job within the lease time;
 - etcd restarted under load: the watch resumes, nothing is lost, nothing runs twice except after a
   lease expiry (an abandoned attempt);
@@ -31,7 +31,7 @@ from gojob_core.testing.servers import Server, find_etcd, free_port, start_etcd_
 
 pytestmark = pytest.mark.anyio
 
-WORKER = str(Path(__file__).with_name("_etcd_worker.py"))
+WORKER = ["-m", "gojob_core.testing.worker"]  # the shared worker program
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float, wha
 
 
 class Workers:
-    """Worker processes running tests/_etcd_worker.py; each is ended by PID at teardown."""
+    """Worker processes running gojob_core.testing.worker; each is ended by PID at teardown."""
 
     def __init__(self, out_dir: Path) -> None:
         self.dir = out_dir
@@ -87,7 +87,7 @@ class Workers:
     def start(self, url: str, node: str, *, lease: float, num_workers: int) -> None:
         with open(self.dir / f"{node}.log", "wb") as log:
             self.procs[node] = subprocess.Popen(
-                [sys.executable, WORKER, url, node, str(lease), str(num_workers), str(self.dir)],
+                [sys.executable, *WORKER, url, node, str(lease), str(num_workers), str(self.dir)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self, node: str) -> str:

@@ -1,6 +1,7 @@
-"""A worker node in a process of its own, for test_etcd_distributed.py beside it (not collected by pytest).
+"""A worker node in a process of its own, for multi-process store tests (any store; used by the Valkey,
+Redis and etcd suites, and by third-party stores).
 
-Usage: ``python _etcd_worker.py STORE_URL NODE_ID LEASE_TIME NUM_WORKERS OUT_DIR``
+Usage: ``python -m gojob_core.testing.worker STORE_URL NODE_ID LEASE_TIME NUM_WORKERS OUT_DIR``
 
 Builds a Manager on the store URL (the URL carries the test's own key ``prefix``) under the given
 node id, registers the test jobs and runs until SIGTERM or SIGINT, then stops gracefully and exits 0.
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 import anyio
+
 from gojob_core import Instance, Job, Manager
 
 
