@@ -121,6 +121,12 @@ def _commandstats(port: int) -> int:
     return total
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(store: str, modes: list[str], n: int, reps: int, lat_n: int, workers: int) -> list[dict[str, Any]]:
     binary = find_redis_server() if store == "redis" else find_valkey_server()
     if binary is None:
@@ -145,8 +151,12 @@ def run(store: str, modes: list[str], n: int, reps: int, lat_n: int, workers: in
                     if not ready.wait(30):
                         raise RuntimeError("worker process did not start")
                     calls0 = _commandstats(server.port)
+                    cpu0 = (time.process_time(), _proc_cpu(proc.pid), _proc_cpu(server.pid))
                     res = anyio.run(_run_mode, url, prefix, mode, size, counter, hits, starts)
+                    cpu1 = (time.process_time(), _proc_cpu(proc.pid), _proc_cpu(server.pid))
                     res["round_trips_per_job"] = (_commandstats(server.port) - calls0 - 1) / size
+                    for key, a, b in zip(("cpu_producer_us", "cpu_worker_us", "cpu_server_us"), cpu0, cpu1):
+                        res[key] = (b - a) / size * 1e6
                     res["ok"] = all(h == 1 for h in hits)
                     results.append(res)
                 finally:
@@ -181,15 +191,16 @@ def main() -> None:
     print(f"- machine: {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}; "
           f"median of {a.reps} reps (latency: one run of {a.lat_n})\n")
     print("| store | mode | N | jobs/s | enqueue s | total s | p50 ms | p95 ms | p99 ms | schedule call p50 ms "
-          "| server calls/job | ok |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| server calls/job | CPU µs/job producer / worker / server | ok |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         def f(k: str, fmt: str) -> str:
             return format(r[k], fmt) if k in r else ""
         print(f"| {r['store']} | {r['mode']} | {r['n']} | {f('jobs_per_s', ',.0f')} | {f('enqueue_s', '.2f')} | "
               f"{f('total_s', '.2f')} | {f('p50_ms', '.2f')} | {f('p95_ms', '.2f')} | {f('p99_ms', '.2f')} | "
               f"{f('call_p50_ms', '.2f')} | "
-              f"{f('round_trips_per_job', '.1f')} | {r['ok']} |")
+              f"{f('round_trips_per_job', '.1f')} | {f('cpu_producer_us', '.0f')} / {f('cpu_worker_us', '.0f')} / "
+              f"{f('cpu_server_us', '.0f')} | {r['ok']} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

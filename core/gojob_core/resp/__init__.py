@@ -8,7 +8,10 @@ so both plugins behave the same and pass the same conformance suite.
 Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node servers):
 
 =========================  ===================================================================
-``{p}inst:{uuid}``         HASH: one instance (scalar fields; ``args``/``kwargs``/``result`` JSON)
+``{p}inst:{uuid}``         HASH: one instance: ``d`` (JSON: uuid, args, kwargs, timeout, cron spec,
+                           timezone, created_ts: fixed at enqueue), the fields scripts read or change
+                           (kind, priority, ready_ts, state, seq, attempts, node, lease_ts, ...),
+                           ``result`` (JSON) and ``error``
 ``{p}all``                 ZSET uuid by creation time (listing instances)
 ``{p}ready``               ZSET member ``{ready_us:17}:{seq:15}:{uuid}``, score = priority: ZPOPMIN
                            takes the lowest priority value, then the earliest ready time, then FIFO
@@ -37,6 +40,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -177,8 +181,9 @@ class RespStore(Store):
         self._log_seq = itertools.count()
         self._wake: RespSubscription | None = None
         self._node_subs: dict[str, RespSubscription] = {}
-        self._open: dict[str, int] = {}
+        self._regs: dict[str, _Registration] = {}
         self._next_due: float | None = None
+        self._drained_ts = 0.0  # server time of the last claim that emptied the ready set
         self._cq: list[str] = []
 
     def __repr__(self) -> str:
@@ -198,7 +203,7 @@ class RespStore(Store):
                              f"{type(exc).__name__}: {exc}") from exc
 
     async def stop(self) -> None:
-        for node in list(self._open):
+        for node in list(self._regs):
             with anyio.CancelScope(shield=True):
                 try:
                     left = await self._close_registration(node)
@@ -216,7 +221,7 @@ class RespStore(Store):
         sha, text = self._scripts[name]
         return await self.conn.run_script(sha, text, [self.p, *args])
 
-    def _decode(self, flat: Any) -> Instance | None:
+    def _decode(self, flat: Any, uuid: str | None = None) -> Instance | None:
         if not flat:
             return None
         if isinstance(flat, dict):
@@ -226,7 +231,7 @@ class RespStore(Store):
         try:
             return _instance_from_hash(h)
         except (KeyError, ValueError, TypeError) as exc:
-            self._report_corrupt(f"{self.p}inst:{h.get('uuid', '?')}", f"{type(exc).__name__}: {exc}")
+            self._report_corrupt(f"{self.p}inst:{uuid or _uuid_of(h)}", f"{type(exc).__name__}: {exc}")
             return None
 
     def _report_corrupt(self, key: str, reason: str) -> None:
@@ -245,8 +250,8 @@ class RespStore(Store):
             return []
         args: list[Any] = [node or "", "1" if chained else "0", len(instances)]
         for inst in instances:
-            args += [inst.uuid, inst.kind, str(inst.priority), _num(inst.ready_ts), inst.schedule_id or "",
-                     _num(inst.created_ts), json.dumps(_static_fields(inst))]
+            args += [inst.uuid, inst.kind, inst.priority, _num(inst.ready_ts), inst.schedule_id or "",
+                     _num(inst.created_ts), inst.max_retries, _fixed_part(inst)]
         out = await self._run("enqueue", *args)
         return [bool(int(x)) for x in out]
 
@@ -261,30 +266,49 @@ class RespStore(Store):
         """Claim; if nothing is ready, register as waiting: an enqueue then claims for this node and
         sends the instances in the wake-up message itself, so they start with no further round trip.
 
-        The registration is closed at the start of the next call (or at stop), collecting anything
-        handed meanwhile, so closing it costs nothing on the path from enqueue to start.
+        A registration stays open across calls while it still covers most of the free slots, so a
+        node fed one instance at a time waits again at no cost; a wake-up, the end of the wait or a
+        due delayed instance makes the next call look at the store again (one round trip that
+        closes the old registration, claims, and registers anew).
         """
         channel = f"{self.p}node:{node}"
         sub = self._node_subs.get(node)
         if sub is None:
             sub = self._node_subs[node] = await self.conn.subscribe([channel, self.p + "wake"])
-        got = await self._close_registration(node)
-        if got or limit <= 0:
-            return got
-        out = await self._run("idle", node, limit, _num(lease), _num(timeout))
-        found = self._claimed(out)
-        if found:
-            return found
-        self._open[node] = 0  # registered; counts instances received through it
-        wait = timeout
+        if limit <= 0:
+            return await self._close_registration(node)
+        reg = self._regs.get(node)
+        now_m = time.monotonic()
+        if reg is None or reg.stale or not (1 <= reg.limit - reg.received <= limit
+                                            and 4 * (reg.limit - reg.received) >= limit) \
+                or now_m >= reg.expires:
+            self._regs.pop(node, None)
+            out = await self._run("idle", node, limit, _num(lease), _num(timeout),
+                                  -1 if reg is None else reg.received)
+            got = await self._receive_pending(node, int(out[2])) + self._claimed([out[0], out[1], *out[3:]])
+            if got:
+                return got
+            reg = self._regs[node] = _Registration(limit, now_m + timeout)
+        wait = min(timeout, reg.expires - now_m)
         if self._next_due is not None:
             wait = min(wait, max(0.0, self._next_due - time.time()))
+        got = []
         done = False
         try:
             msg = await sub.next_message(wait)
-            if msg is not None and msg[0] == channel:
-                got = self._handed(msg[1])
-                self._open[node] += len(got)
+            if msg is None:
+                reg.stale = True  # the wait ended: look at the store next time (a delayed instance may be due)
+            else:
+                while msg is not None:  # and whatever else piled up: one look at the store answers all
+                    if msg[0] == channel:
+                        handed, n = self._handed(msg[1])
+                        got += handed
+                        reg.received += n
+                    elif self._fresh_wake(msg[1]):
+                        reg.stale = True  # work may be ready that was not handed to this node
+                    msg = await sub.next_message(0)
+                if reg.received >= reg.limit:  # the server closed it: it is full
+                    self._regs.pop(node, None)
             done = True
         finally:
             if not done:  # cancelled (the node is stopping): close now and give back what came
@@ -294,38 +318,53 @@ class RespStore(Store):
                         await self.release(node, [i.uuid for i in got])
         return got
 
-    async def _close_registration(self, node: str) -> list[Instance]:
-        """End this node's waiting registration; returns instances handed to it not yet received."""
-        received = self._open.pop(node, None)
-        if received is None:
-            return []
+    async def _receive_pending(self, node: str, pending: int) -> list[Instance]:
+        """Read the ``pending`` instances handed to ``node`` that are still on their way to it."""
         sub, channel = self._node_subs[node], f"{self.p}node:{node}"
-        handed = int(await self._run("unidle", node))
         got: list[Instance] = []
-        while received + len(got) < handed:
+        count = 0
+        while count < pending:
             msg = await sub.next_message(2.0)
             if msg is None:
                 _log.warning("%s store: %d handed instance(s) did not arrive; their leases will expire and "
-                             "they will run again", self.name, handed - received - len(got))
+                             "they will run again", self.name, pending - count)
                 break
             if msg[0] == channel:
-                got += self._handed(msg[1])
-        while (extra := await sub.next_message(0)) is not None:  # wake-ups piled up meanwhile
-            if extra[0] == channel:
-                got += self._handed(extra[1])
+                handed, n = self._handed(msg[1])
+                count += n
+                got += handed
         return got
 
+    async def _close_registration(self, node: str) -> list[Instance]:
+        """End this node's waiting registration; returns instances handed to it not yet received."""
+        reg = self._regs.pop(node, None)
+        if reg is None:
+            return []
+        handed = int(await self._run("unidle", node))
+        return await self._receive_pending(node, handed - reg.received)
+
     def _claimed(self, out: list[Any]) -> list[Instance]:
+        """Decode a claim's reply ``[drained_ts, next_due, hashes...]``: ``drained_ts`` is the server
+        time if the claim left the ready set empty (wake-ups published before it are old news)."""
         self._next_due = float(out[1]) if out[1] not in ("", None) else None
+        self._drained_ts = max(self._drained_ts, float(out[0]))
         return [i for i in (self._decode(flat) for flat in out[2:]) if i is not None]
 
-    def _handed(self, payload: str) -> list[Instance]:
+    def _fresh_wake(self, payload: str) -> bool:
+        """Whether a wake-up message may announce work this store's last claim did not see."""
+        try:
+            return float(payload) >= self._drained_ts
+        except ValueError:
+            return True
+
+    def _handed(self, payload: str) -> tuple[list[Instance], int]:
+        """The instances in a handoff message, and how many it carried (undecodable ones included)."""
         try:
             hashes = json.loads(payload)
         except ValueError as exc:
             self._report_corrupt(f"{self.p}node-message", f"{exc}: {payload[:200]}")
-            return []
-        return [i for i in (self._decode(h) for h in hashes) if i is not None]
+            return [], 1
+        return [i for i in (self._decode(h) for h in hashes) if i is not None], len(hashes)
 
     async def wait_ready(self, timeout: float) -> None:
         # Called after a claim that found nothing ready: that claim also said when the next delayed
@@ -344,9 +383,12 @@ class RespStore(Store):
             if timeout <= 0:
                 self._next_due = None
                 return
-        if await self._wake.next_message(timeout) is not None:
-            while await self._wake.next_message(0) is not None:
-                pass  # wake-ups that piled up while busy: one claim answers them all
+        deadline = time.monotonic() + timeout
+        while (msg := await self._wake.next_message(max(0.0, deadline - time.monotonic()))) is not None:
+            if self._fresh_wake(msg[1]):
+                while await self._wake.next_message(0) is not None:
+                    pass  # wake-ups that piled up while busy: one claim answers them all
+                return
 
     async def extend_leases(self, node: str, uuids: Sequence[str], lease: float) -> LeaseReport:
         if not uuids:
@@ -360,7 +402,7 @@ class RespStore(Store):
         if not uuids:
             return []
         found = await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in uuids])
-        out = [self._decode(h) for h in found]
+        out = [self._decode(h, u) for u, h in zip(uuids, found)]
         await self._flush_corrupt()
         return [i for i in out if i is not None]
 
@@ -378,10 +420,9 @@ class RespStore(Store):
         oks = [bool(int(x)) for x in out[:n]]
         if limit <= 0:
             return oks, []
-        self._next_due = float(out[n]) if out[n] not in ("", None) else None
-        found = [self._decode(flat) for flat in out[n + 1:]]
+        found = self._claimed(out[n:])
         await self._flush_corrupt()
-        return oks, [i for i in found if i is not None]
+        return oks, found
 
     async def release(self, node: str, uuids: Sequence[str]) -> None:
         if uuids:
@@ -394,7 +435,7 @@ class RespStore(Store):
         """One instance from its hash; None if absent; CorruptRecordError (and set aside) if undecodable."""
         if not flat:
             return None
-        inst = self._decode(flat)
+        inst = self._decode(flat, uuid)
         await self._flush_corrupt()
         if inst is None:
             raise CorruptRecordError(f"{self.p}inst:{uuid}", "cannot be decoded (set aside)")
@@ -432,8 +473,9 @@ class RespStore(Store):
         found: list[Instance] = []
         for i in range(0, len(uuids), _PAGE):
             chunk = uuids[i:i + _PAGE]
-            for flat in await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in chunk]):
-                inst = self._decode(flat)
+            replies = await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in chunk])
+            for u, flat in zip(chunk, replies):
+                inst = self._decode(flat, u)
                 if inst is not None and query.matches_instance(inst):
                     found.append(inst)
         await self._flush_corrupt()
@@ -519,6 +561,18 @@ class RespStore(Store):
         return sorted(out, key=lambda c: c.key)
 
 
+class _Registration:
+    """This store's view of a node's open waiting registration on the server."""
+
+    __slots__ = ("limit", "received", "expires", "stale")
+
+    def __init__(self, limit: int, expires: float) -> None:
+        self.limit = limit  # slots registered
+        self.received = 0  # instances received through it so far
+        self.expires = expires  # monotonic time after which the server may drop it
+        self.stale = False
+
+
 # -- encoding -----------------------------------------------------------------------------------------------
 def _num(x: float | int) -> str:
     """A number for the server: integers as they are, floats with microsecond precision."""
@@ -529,13 +583,16 @@ def _num(x: float | int) -> str:
     return f"{x:.6f}"
 
 
-def _static_fields(inst: Instance) -> dict[str, str]:
-    """The fields enqueue writes besides the indexed ones, every value a string."""
-    return {
-        "args": json.dumps(inst.args), "kwargs": json.dumps(inst.kwargs), "max_retries": str(inst.max_retries),
-        "timeout": "" if inst.timeout is None else repr(float(inst.timeout)),
-        "crontab_spec": inst.crontab_spec or "", "timezone": inst.timezone or "", "schedule_id": inst.schedule_id or "",
-    }
+def _fixed_part(inst: Instance) -> str:
+    """The hash field ``d``: what never changes after enqueue and no script reads, as one JSON value."""
+    return json.dumps({"uuid": inst.uuid, "args": inst.args, "kwargs": inst.kwargs, "timeout": inst.timeout,
+                       "crontab_spec": inst.crontab_spec, "timezone": inst.timezone, "created_ts": inst.created_ts})
+
+
+def _uuid_of(h: dict[str, str]) -> str:
+    """The uuid of an instance hash that could not be decoded, as far as it can be read ("?" if not)."""
+    m = re.search(r'"uuid":\s*"([^"]{1,100})"', str(h.get("d", "")))
+    return m.group(1) if m else "?"
 
 
 def _first_score(reply: Any) -> float:
@@ -552,15 +609,16 @@ def _opt_float(v: str | None) -> float | None:
 
 
 def _instance_from_hash(h: dict[str, str]) -> Instance:
+    d = json.loads(h["d"])
     result = h.get("result")
     return Instance(
-        uuid=h["uuid"], kind=h["kind"], args=json.loads(h["args"]), kwargs=json.loads(h["kwargs"]),
+        uuid=d["uuid"], kind=h["kind"], args=d["args"], kwargs=d["kwargs"],
         priority=int(h["priority"]), state=State(h["state"]), attempts=int(h.get("attempts") or 0),
-        max_retries=int(h.get("max_retries") or 0), timeout=_opt_float(h.get("timeout")),
-        created_ts=float(h["created_ts"]), ready_ts=float(h["ready_ts"]), started_ts=_opt_float(h.get("started_ts")),
+        max_retries=int(h.get("max_retries") or 0), timeout=d["timeout"],
+        created_ts=float(d["created_ts"]), ready_ts=float(h["ready_ts"]), started_ts=_opt_float(h.get("started_ts")),
         finished_ts=_opt_float(h.get("finished_ts")), result=json.loads(result) if result else None,
         error=h.get("error") or None, node=h.get("node") or None, lease_ts=_opt_float(h.get("lease_ts")),
-        cancel_requested=h.get("cancel") == "1", crontab_spec=h.get("crontab_spec") or None,
-        timezone=h.get("timezone") or None, schedule_id=h.get("schedule_id") or None, seq=int(h.get("seq") or 0),
+        cancel_requested=h.get("cancel") == "1", crontab_spec=d["crontab_spec"],
+        timezone=d["timezone"], schedule_id=h.get("schedule_id") or None, seq=int(h.get("seq") or 0),
         abandoned=int(h.get("abandoned") or 0),
     )

@@ -50,27 +50,34 @@ local function ready_member(ready_ts, seq, uuid)
   return string.format('%017.0f', math.floor(ready_ts * 1e6)) .. ':' .. string.format('%015.0f', seq) .. ':' .. uuid
 end
 -- put a SCHEDULED instance in the ready set (due) or the delayed set (later); takes a new FIFO seq.
--- Sets WAKE when a waiting node must hear of it: the ready set was empty (so claimers may be
--- waiting), or the instance is now the first delayed one (claimers wait until the old first).
-local WAKE = false
+-- Notes why waiting nodes must hear of it: WAKE_READY when the ready set was empty (claimers may be
+-- waiting; moot if a handoff then took everything), WAKE_DELAYED when the instance is now the first
+-- delayed one (claimers wait until the old first).
+local WAKE_READY, WAKE_DELAYED = false, false
+local function place(prio, ready_ts, seq, uuid, t)
+  if ready_ts <= t then
+    if not WAKE_READY and redis.call('ZCARD', P .. 'ready') == 0 then WAKE_READY = true end
+    redis.call('ZADD', P .. 'ready', prio, ready_member(ready_ts, seq, uuid))
+  else
+    local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+    if #head == 0 or tonumber(head[2]) > ready_ts then WAKE_DELAYED = true end
+    redis.call('ZADD', P .. 'delayed', ready_ts, uuid)
+  end
+end
 local function push(key, uuid, t)
   local f = redis.call('HMGET', key, 'priority', 'ready_ts', 'kind')
   redis.call('HINCRBY', P .. 'queued', f[3], 1)
   redis.call('ZADD', P .. 'waiting:' .. f[3], f[2], uuid)
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('HSET', key, 'seq', seq)
-  local ready_ts = tonumber(f[2])
-  if ready_ts <= t then
-    if redis.call('ZCARD', P .. 'ready') == 0 then WAKE = true end
-    redis.call('ZADD', P .. 'ready', tonumber(f[1]), ready_member(ready_ts, seq, uuid))
-  else
-    local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-    if #head == 0 or tonumber(head[2]) > ready_ts then WAKE = true end
-    redis.call('ZADD', P .. 'delayed', ready_ts, uuid)
-  end
+  place(tonumber(f[1]), tonumber(f[2]), seq, uuid, t)
 end
-local function wake()
-  if WAKE then redis.call('PUBLISH', P .. 'wake', '1') end
+-- the message is the server time: a node whose claim emptied the ready set after it knows the
+-- wake-up is old news
+local function wake(t)
+  if WAKE_DELAYED or (WAKE_READY and redis.call('ZCARD', P .. 'ready') > 0) then
+    redis.call('PUBLISH', P .. 'wake', string.format('%.6f', t))
+  end
 end
 -- an instance leaves the queue (claimed, canceled, cleared): counters and the per-kind index follow
 local function unqueue(kind, uuid)
@@ -79,7 +86,8 @@ local function unqueue(kind, uuid)
 end
 
 -- move due delayed instances to the ready set, then take up to `limit` ready ones for `node`;
--- appends their hashes to `out` and sets out[2] to when the next delayed instance is due ('' if none)
+-- appends their hashes to `out`, sets out[2] to when the next delayed instance is due ('' if none)
+-- and out[1] as said at its end
 local function claim_into(out, node, limit, lease, t)
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', t, 'LIMIT', 0, 1000)
   for _, uuid in ipairs(due) do
@@ -113,6 +121,9 @@ local function claim_into(out, node, limit, lease, t)
   end
   local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
   if #head > 0 then out[2] = head[2] end
+  -- out[1]: the server time if the ready set is now empty (wake-ups published before are old
+  -- news to this node), else 0
+  if redis.call('ZCARD', P .. 'ready') == 0 then out[1] = string.format('%.6f', t) else out[1] = 0 end
 end
 
 -- Hand newly ready instances straight to nodes waiting for work (registered by the idle script): the
@@ -148,16 +159,25 @@ local function handoff(t)
 end
 
 --! idle
--- ARGV: prefix, node, limit, lease, wait -> like claim; when nothing is ready, registers the node as
+-- ARGV: prefix, node, limit, lease, wait, received -> {drained_ts, next_due_or_'', pending, hgetall...}
+-- Closes the node's registration if one is open (`received` >= 0: how many instances the node got
+-- through it; `pending` = handed but not yet received, which the node still reads from its channel),
+-- then claims like `claim`; when nothing is ready (and nothing pending), registers the node as
 -- waiting (for `wait` seconds and a grace second) so that enqueues hand it instances directly.
-local node, limit, lease, wait = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local node, limit, lease, wait, received = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+  tonumber(ARGV[6])
 local t = now()
-local out = {t, ''}
-claim_into(out, node, limit, lease, t)
-if #out == 2 and limit > 0 then
+local pending = 0
+if received >= 0 then
+  pending = math.max(0, tonumber(redis.call('HGET', P .. 'handed', node) or 0) - received)
+end
+redis.call('HDEL', P .. 'idle', node)
+redis.call('HDEL', P .. 'handed', node)
+local out = {t, '', pending}
+claim_into(out, node, math.max(0, limit - pending), lease, t)
+if #out == 3 and pending == 0 and limit > 0 then
   redis.call('HSET', P .. 'idle', node, limit .. ' ' .. string.format('%.6f', lease) .. ' ' ..
              string.format('%.6f', t + wait + 1))
-  redis.call('HDEL', P .. 'handed', node)
 end
 flush()
 return out
@@ -171,56 +191,45 @@ return tonumber(n or 0)
 
 --! enqueue
 -- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id,
--- created_ts, fields_json (the record's other fields: a JSON object of field -> string value)
+-- created_ts, max_retries, d (the record's fixed part as JSON: arguments, timeout, cron, ...)
 local node, chained, n = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local t = now()
-local out, added = {}, false
+local out = {}
 local i = 5
 for k = 1, n do
-  local uuid, kind, prio, ready, sid, created, fields =
-    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  i = i + 7
+  local uuid, kind, prio, ready, sid, created, retries, d =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
+  i = i + 8
   local key = P .. 'inst:' .. uuid
   if redis.call('EXISTS', key) == 1 or (chained and sid ~= '' and redis.call('SISMEMBER', P .. 'sched:canceled', sid) == 1) then
     out[k] = 0
   else
-    if sid ~= '' then
+    local seq = redis.call('INCR', P .. 'seq')
+    if sid == '' then
+      redis.call('HSET', key, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'state', 'SCHEDULED',
+                 'seq', seq, 'max_retries', retries)
+    else
       if not chained then redis.call('SREM', P .. 'sched:canceled', sid) end
       redis.call('SADD', P .. 'sched:' .. sid, uuid)
+      redis.call('HSET', key, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'state', 'SCHEDULED',
+                 'seq', seq, 'max_retries', retries, 'schedule_id', sid)
     end
-    local seq = redis.call('INCR', P .. 'seq')
-    local args = {'HSET', key, 'uuid', uuid, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'state', 'SCHEDULED',
-                  'attempts', 0, 'abandoned', 0, 'cancel', 0, 'seq', seq, 'created_ts', created}
-    for f, v in pairs(cjson.decode(fields)) do
-      args[#args + 1] = f
-      args[#args + 1] = v
-    end
-    redis.call(unpack(args))
     redis.call('ZADD', P .. 'all', created, uuid)
     hist(uuid, kind, 'CREATED', t, 0, node, nil)
     hist(uuid, kind, 'SCHEDULED', t, 0, node, nil)
     redis.call('HINCRBY', P .. 'queued', kind, 1)
     redis.call('ZADD', P .. 'waiting:' .. kind, ready, uuid)
-    local ready_ts = tonumber(ready)
-    if ready_ts <= t then
-      if not WAKE and redis.call('ZCARD', P .. 'ready') == 0 then WAKE = true end
-      redis.call('ZADD', P .. 'ready', tonumber(prio), ready_member(ready_ts, seq, uuid))
-    else
-      local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
-      if #head == 0 or tonumber(head[2]) > ready_ts then WAKE = true end
-      redis.call('ZADD', P .. 'delayed', ready_ts, uuid)
-    end
+    place(tonumber(prio), tonumber(ready), seq, uuid, t)
     out[k] = 1
-    added = true
   end
 end
-if added and WAKE then handoff(t) end
-wake()
+if WAKE_READY then handoff(t) end
+wake(t)
 flush()
 return out
 
 --! claim
--- ARGV: prefix, node, limit, lease -> {server_time, next_due_or_'', {hgetall...}, ...}
+-- ARGV: prefix, node, limit, lease -> {drained_ts, next_due_or_'', {hgetall...}, ...}
 local t = now()
 local out = {t, ''}
 claim_into(out, ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), t)
@@ -274,13 +283,13 @@ for _, uuid in ipairs(expired) do
     end
   end
 end
-wake()
+wake(t)
 flush()
 return out
 
 --! finish
 -- ARGV: prefix, node, limit, lease, n, then n times: uuid, state, result_json ('' = none), error,
--- retry_at ('' = none), detail -> {n oks..., next_due_or_'', hgetall of up to `limit` newly claimed...}
+-- retry_at ('' = none), detail -> {n oks..., drained_ts, next_due_or_'', hgetall of up to `limit` newly claimed...}
 -- Finishing and claiming the next instances in one call is where a busy node saves round trips.
 local node, limit, lease, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = now()
@@ -319,9 +328,10 @@ for k = 1, n do
     out[k] = 1
   end
 end
-wake()
-local claimed = {t, ''}
+wake(t)
+local claimed = {0, ''}
 if limit > 0 then claim_into(claimed, node, limit, lease, t) end
+out[#out + 1] = claimed[1]
 out[#out + 1] = claimed[2]
 for j = 3, #claimed do out[#out + 1] = claimed[j] end
 flush()
@@ -344,7 +354,7 @@ for i = 3, #ARGV do
     push(key, uuid, t)
   end
 end
-wake()
+wake(t)
 flush()
 return 1
 
