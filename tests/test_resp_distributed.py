@@ -23,7 +23,9 @@ from typing import Any
 import anyio
 import pytest
 import redis.asyncio as aioredis
-from gojob_core import Job, Manager, Query, State, StoreError
+from gojob_core import CorruptRecordError, Instance, Job, Manager, Query, State, StoreError
+from gojob_core.abc import Outcome, Store
+from gojob_core.resp import RespStore
 from gojob_core.testing.processes import Workers, block, record, wait_for
 from gojob_core.testing.servers import Server, find_redis_server, find_valkey_server, free_port, start_resp_server
 from redis.exceptions import RedisError
@@ -337,3 +339,45 @@ async def test_wrong_password_is_an_authentication_error(kind: str, credentials:
     # and the right password works
     async with Manager(store=f"{kind}://:{PASSWORD}@{server.host}:{server.port}/0", num_workers=0) as mgr:
         assert await mgr.lookup_instances() == []
+
+
+# -- corrupt records ---------------------------------------------------------------------------------------------
+async def test_corrupt_records_are_reported_set_aside_and_never_deleted(shared_url: str) -> None:
+    """An instance hash, a queue entry and a history member that cannot be decoded: reads skip and report
+    them, a claim sets the bad instance aside (out of the running index, so no lease expiry brings it
+    back), the good instances run, and every bad record is still in the server afterwards."""
+    async with Manager(store=shared_url, num_workers=0, node_id="n1") as mgr:
+        store = mgr.store
+        assert isinstance(store, RespStore) and isinstance(store, Store)
+        p = store.p
+        good = [Instance(uuid=str(uuid.uuid4()), kind="k", args=[i], created_ts=time.time() + i,
+                         ready_ts=time.time() - 1) for i in range(3)]
+        assert await store.enqueue(good) == [True] * 3
+        bad = str(uuid.uuid4())
+        # a record whose fixed part is not JSON, queued first in line
+        await store.conn.execute("HSET", f"{p}inst:{bad}", "uuid", bad, "d", "{not json", "kind", "k",
+                                 "priority", "-5", "ready_ts", "1.0", "state", "SCHEDULED", "seq", "7")
+        await store.conn.execute("ZADD", f"{p}all", "1.0", bad)
+        await store.conn.execute("ZADD", f"{p}ready", "-5", f"{1_000_000:017d}:{7:015d}:{bad}")
+        bad_member = "[{not a record"
+        await store.conn.execute("ZADD", f"{p}hist", "2.0", bad_member)
+        await store.conn.execute("ZADD", f"{p}hist:i:{good[0].uuid}", "2.0", bad_member)
+
+        assert sorted(i.uuid for i in await store.list_instances(Query())) == sorted(i.uuid for i in good)
+        with pytest.raises(CorruptRecordError):
+            await store.get_instance(bad)
+        claimed = await store.claim("n1", 10, 30.0)
+        assert sorted(i.uuid for i in claimed) == sorted(i.uuid for i in good)
+        assert await store.conn.execute("ZSCORE", f"{p}running", bad) is None  # set aside
+        hist = await store.lookup_history(Query(instance=good[0]))
+        assert [r.state for r in hist] == [State.CREATED, State.SCHEDULED, State.PROCESSING]
+        assert await store.finish("n1", [Outcome(i.uuid, State.COMPLETED) for i in claimed]) == [True] * 3
+
+        reported = {r.key: r for r in await store.corrupt_records()}
+        assert f"{p}inst:{bad}" in reported
+        assert "{not json" in reported[f"{p}inst:{bad}"].raw
+        assert any(k.startswith(f"{p}hist:") and bad_member in r.raw for k, r in reported.items())
+        # nothing was deleted
+        assert await store.conn.execute("HGET", f"{p}inst:{bad}", "d") == "{not json"
+        assert await store.conn.execute("ZSCORE", f"{p}hist", bad_member) is not None
+        assert await store.reclaim_expired("n2") == []  # and it does not come back

@@ -8,9 +8,9 @@ so both plugins behave the same and pass the same conformance suite.
 Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node servers):
 
 =========================  ===================================================================
-``{p}inst:{uuid}``         HASH: one instance: ``d`` (JSON: uuid, args, kwargs, timeout, cron spec,
+``{p}inst:{uuid}``         HASH: one instance: ``d`` (JSON: args, kwargs, timeout, cron spec,
                            timezone, created_ts: fixed at enqueue), the fields scripts read or change
-                           (kind, priority, ready_ts, state, seq, attempts, node, lease_ts, ...),
+                           (uuid, kind, priority, ready_ts, state, seq, attempts, node, lease_ts, ...),
                            ``result`` (JSON) and ``error``
 ``{p}all``                 ZSET uuid by creation time (listing instances)
 ``{p}ready``               ZSET member ``{ready_us:17}:{seq:15}:{uuid}``, score = priority: ZPOPMIN
@@ -40,7 +40,6 @@ import itertools
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -184,7 +183,8 @@ class RespStore(Store):
         self._regs: dict[str, _Registration] = {}
         self._next_due: float | None = None
         self._drained_ts = 0.0  # server time of the last claim that emptied the ready set
-        self._cq: list[str] = []
+        self._cq: list[str] = []  # corrupt-record reports not yet written
+        self._aside: list[str] = []  # claimed instances that could not be decoded, to set aside
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.options!r}>"
@@ -221,7 +221,9 @@ class RespStore(Store):
         sha, text = self._scripts[name]
         return await self.conn.run_script(sha, text, [self.p, *args])
 
-    def _decode(self, flat: Any, uuid: str | None = None) -> Instance | None:
+    def _decode(self, flat: Any, uuid: str | None = None, *, claimed: bool = False) -> Instance | None:
+        """An instance from its hash; None (reported, set aside) if it cannot be decoded. ``claimed``:
+        this node just claimed it, so it also leaves the running index (see the ``aside`` script)."""
         if not flat:
             return None
         if isinstance(flat, dict):
@@ -231,14 +233,20 @@ class RespStore(Store):
         try:
             return _instance_from_hash(h)
         except (KeyError, ValueError, TypeError) as exc:
-            self._report_corrupt(f"{self.p}inst:{uuid or _uuid_of(h)}", f"{type(exc).__name__}: {exc}")
+            uuid = uuid or str(h.get("uuid") or "?")
+            self._report_corrupt(f"{self.p}inst:{uuid}", f"{type(exc).__name__}: {exc}", json.dumps(h)[:2000])
+            if claimed and uuid != "?":
+                self._aside.append(uuid)
             return None
 
-    def _report_corrupt(self, key: str, reason: str) -> None:
+    def _report_corrupt(self, key: str, reason: str, raw: str = "") -> None:
         _log.error("%s store: record %s cannot be decoded and is set aside: %s", self.name, key[:200], reason)
-        self._cq.append(json.dumps({"key": key, "reason": reason}))
+        self._cq.append(json.dumps({"key": key, "reason": reason, "raw": raw}))
 
     async def _flush_corrupt(self) -> None:
+        if self._aside:
+            uuids, self._aside = self._aside, []
+            await self._run("aside", *uuids)
         if self._cq:
             batch, self._cq = self._cq, []
             await self.conn.execute("SADD", self.p + "corrupt", *batch)
@@ -286,6 +294,7 @@ class RespStore(Store):
             out = await self._run("idle", node, limit, _num(lease), _num(timeout),
                                   -1 if reg is None else reg.received)
             got = await self._receive_pending(node, int(out[2])) + self._claimed([out[0], out[1], *out[3:]])
+            await self._flush_corrupt()
             if got:
                 return got
             reg = self._regs[node] = _Registration(limit, now_m + timeout)
@@ -309,6 +318,7 @@ class RespStore(Store):
                     msg = await sub.next_message(0)
                 if reg.received >= reg.limit:  # the server closed it: it is full
                     self._regs.pop(node, None)
+                await self._flush_corrupt()
             done = True
         finally:
             if not done:  # cancelled (the node is stopping): close now and give back what came
@@ -348,7 +358,7 @@ class RespStore(Store):
         time if the claim left the ready set empty (wake-ups published before it are old news)."""
         self._next_due = float(out[1]) if out[1] not in ("", None) else None
         self._drained_ts = max(self._drained_ts, float(out[0]))
-        return [i for i in (self._decode(flat) for flat in out[2:]) if i is not None]
+        return [i for i in (self._decode(flat, claimed=True) for flat in out[2:]) if i is not None]
 
     def _fresh_wake(self, payload: str) -> bool:
         """Whether a wake-up message may announce work this store's last claim did not see."""
@@ -362,9 +372,9 @@ class RespStore(Store):
         try:
             hashes = json.loads(payload)
         except ValueError as exc:
-            self._report_corrupt(f"{self.p}node-message", f"{exc}: {payload[:200]}")
+            self._report_corrupt(f"{self.p}node-message", str(exc), payload[:2000])
             return [], 1
-        return [i for i in (self._decode(h) for h in hashes) if i is not None], len(hashes)
+        return [i for i in (self._decode(h, claimed=True) for h in hashes) if i is not None], len(hashes)
 
     async def wait_ready(self, timeout: float) -> None:
         # Called after a claim that found nothing ready: that claim also said when the next delayed
@@ -402,7 +412,7 @@ class RespStore(Store):
         if not uuids:
             return []
         found = await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in uuids])
-        out = [self._decode(h, u) for u, h in zip(uuids, found)]
+        out = [self._decode(h, u, claimed=False) for u, h in zip(uuids, found)]
         await self._flush_corrupt()
         return [i for i in out if i is not None]
 
@@ -508,7 +518,7 @@ class RespStore(Store):
             try:
                 rec = decode(json.loads(member))
             except (ValueError, KeyError, TypeError) as exc:
-                self._report_corrupt(f"{self.p}{base}:{member}", f"{type(exc).__name__}: {exc}")
+                self._report_corrupt(f"{self.p}{base}:{member[:100]}", f"{type(exc).__name__}: {exc}", member[:2000])
                 continue
             if query.matches_record(rec):
                 found.append((member, rec))
@@ -555,7 +565,7 @@ class RespStore(Store):
         for raw in await self.conn.execute("SMEMBERS", self.p + "corrupt"):
             try:
                 d = json.loads(raw)
-                out.append(CorruptRecord(str(d["key"]), str(d["reason"]), raw))
+                out.append(CorruptRecord(str(d["key"]), str(d["reason"]), str(d.get("raw") or raw)))
             except (ValueError, KeyError, TypeError):
                 out.append(CorruptRecord(raw[:200], "unreadable report", raw))
         return sorted(out, key=lambda c: c.key)
@@ -585,14 +595,8 @@ def _num(x: float | int) -> str:
 
 def _fixed_part(inst: Instance) -> str:
     """The hash field ``d``: what never changes after enqueue and no script reads, as one JSON value."""
-    return json.dumps({"uuid": inst.uuid, "args": inst.args, "kwargs": inst.kwargs, "timeout": inst.timeout,
+    return json.dumps({"args": inst.args, "kwargs": inst.kwargs, "timeout": inst.timeout,
                        "crontab_spec": inst.crontab_spec, "timezone": inst.timezone, "created_ts": inst.created_ts})
-
-
-def _uuid_of(h: dict[str, str]) -> str:
-    """The uuid of an instance hash that could not be decoded, as far as it can be read ("?" if not)."""
-    m = re.search(r'"uuid":\s*"([^"]{1,100})"', str(h.get("d", "")))
-    return m.group(1) if m else "?"
 
 
 def _first_score(reply: Any) -> float:
@@ -612,7 +616,7 @@ def _instance_from_hash(h: dict[str, str]) -> Instance:
     d = json.loads(h["d"])
     result = h.get("result")
     return Instance(
-        uuid=d["uuid"], kind=h["kind"], args=d["args"], kwargs=d["kwargs"],
+        uuid=h["uuid"], kind=h["kind"], args=d["args"], kwargs=d["kwargs"],
         priority=int(h["priority"]), state=State(h["state"]), attempts=int(h.get("attempts") or 0),
         max_retries=int(h.get("max_retries") or 0), timeout=d["timeout"],
         created_ts=float(d["created_ts"]), ready_ts=float(h["ready_ts"]), started_ts=_opt_float(h.get("started_ts")),

@@ -191,7 +191,7 @@ return tonumber(n or 0)
 
 --! enqueue
 -- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id,
--- created_ts, max_retries, d (the record's fixed part as JSON: arguments, timeout, cron, ...)
+-- created_ts, max_retries, d (the record's fixed part as JSON: arguments, timeout, cron, created)
 local node, chained, n = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local t = now()
 local out = {}
@@ -206,13 +206,13 @@ for k = 1, n do
   else
     local seq = redis.call('INCR', P .. 'seq')
     if sid == '' then
-      redis.call('HSET', key, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'state', 'SCHEDULED',
-                 'seq', seq, 'max_retries', retries)
+      redis.call('HSET', key, 'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready,
+                 'state', 'SCHEDULED', 'seq', seq, 'max_retries', retries)
     else
       if not chained then redis.call('SREM', P .. 'sched:canceled', sid) end
       redis.call('SADD', P .. 'sched:' .. sid, uuid)
-      redis.call('HSET', key, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'state', 'SCHEDULED',
-                 'seq', seq, 'max_retries', retries, 'schedule_id', sid)
+      redis.call('HSET', key, 'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready,
+                 'state', 'SCHEDULED', 'seq', seq, 'max_retries', retries, 'schedule_id', sid)
     end
     redis.call('ZADD', P .. 'all', created, uuid)
     hist(uuid, kind, 'CREATED', t, 0, node, nil)
@@ -404,3 +404,9 @@ for i = 2, #ARGV do
   end
 end
 return n
+
+--! aside
+-- ARGV: prefix, uuids... : instances a node claimed but could not decode leave the running index (so
+-- no lease expiry brings them back); their hashes stay as they are, reported in the corrupt set
+for i = 2, #ARGV do redis.call('ZREM', P .. 'running', ARGV[i]) end
+return 1
