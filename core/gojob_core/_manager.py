@@ -90,30 +90,38 @@ class _Overrides:
 
 
 class _FinishBatcher:
-    """Group commit of finishes: outcomes that arrive while one write is in flight go in the next."""
+    """Group commit of finishes: outcomes that arrive while a write is in flight go in the next.
+
+    On a network store two writes may be in flight, each with at most half the pool's outcomes, so
+    the store works on one batch while this node runs the instances the other claimed: the round
+    trip overlaps with work instead of adding to it. A store in this process gets one write at a
+    time and no cap (it gains nothing from either).
+    """
 
     def __init__(self, manager: Manager) -> None:
         self._manager = manager
         self._pending: list[tuple[Outcome, list[Any]]] = []
-        self._busy = False
+        self._calls = 0
 
     async def submit(self, outcome: Outcome) -> bool:
         slot: list[Any] = [None, None]  # [event, then the store's answer; error]
         self._pending.append((outcome, slot))
-        if self._busy:
+        m = self._manager
+        local = m.store.IN_PROCESS
+        if self._calls >= (1 if local else 2):
             ev = slot[0] = anyio.Event()
             await ev.wait()
         else:
-            self._busy = True
+            self._calls += 1
             try:
                 # let the other workers that finished in this same turn of the event loop join the
                 # batch: one store call then carries all of them (where a network store's speed is);
                 # a store in this process gains nothing from waiting
-                if not self._manager.store.IN_PROCESS:
+                if not local:
                     await anyio.lowlevel.checkpoint()
                 while self._pending:
-                    batch, self._pending = self._pending, []
-                    m = self._manager
+                    cap = len(self._pending) if local else max(1, (m._target + 1) // 2)
+                    batch, self._pending = self._pending[:cap], self._pending[cap:]
                     try:
                         await m._flush_logs()
                         # the batch's slots free up as soon as this returns: fill them in the same call
@@ -122,14 +130,15 @@ class _FinishBatcher:
                                                                       max(0, free), m.lease_time)
                         m._dispatch(claimed)
                     except Exception as exc:
-                        failed, self._pending = batch + self._pending, []
-                        for _, s in failed:
+                        for _, s in batch:
                             _answer(s, False, exc)
-                        break
+                        continue  # the others get their own try
                     for (_, s), ok in zip(batch, oks):
                         _answer(s, ok, None)
+                    if slot[0] is not None and not local and self._calls > 1:
+                        break  # answered; the other write in flight serves what came meanwhile
             finally:
-                self._busy = False
+                self._calls -= 1
         if slot[1] is not None:
             raise slot[1]
         return bool(slot[0])
