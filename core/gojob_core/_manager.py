@@ -962,7 +962,7 @@ class Manager:
     async def _metrics_loop(self) -> None:
         while True:
             try:
-                self.metrics.set_queued(await self.store.queue_counts(), await self.store.oldest_ready())
+                self.metrics.set_queued(*await self.store.queue_stats())
             except (StoreError, OSError) as exc:
                 self._report(f"reading queue sizes failed: {exc!r}")
             await anyio.sleep(5.0)

@@ -229,6 +229,11 @@ class Store(abc.ABC):
                 oldest[inst.kind] = inst.ready_ts
         return oldest
 
+    async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:
+        """:meth:`queue_counts` and :meth:`oldest_ready` together (what the metrics read every few
+        seconds); a store that can answer both from one read overrides it."""
+        return await self.queue_counts(), await self.oldest_ready()
+
     async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
         """Wait until the instance is final (or the timeout passes); returns it as it then is.
 

@@ -142,6 +142,12 @@ async def _ceiling(port: int, n: int = 3000) -> dict[str, float]:
     return out
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(modes: list[str], n: int, reps: int, lat_n: int, workers: int) -> tuple[list[dict[str, Any]], dict[str, float],
                                                                                    str]:
     binary = find_etcd()
@@ -169,8 +175,12 @@ def run(modes: list[str], n: int, reps: int, lat_n: int, workers: int) -> tuple[
                     if not ready.wait(30):
                         raise RuntimeError("worker process did not start")
                     calls0 = _kv_calls(server.port)
+                    cpu0 = (time.process_time(), _proc_cpu(proc.pid), _proc_cpu(server.pid))
                     res = anyio.run(_run_mode, url, prefix, mode, size, counter, hits, starts)
+                    cpu1 = (time.process_time(), _proc_cpu(proc.pid), _proc_cpu(server.pid))
                     res["round_trips_per_job"] = (_kv_calls(server.port) - calls0) / size
+                    for key, a, b in zip(("cpu_producer_us", "cpu_worker_us", "cpu_server_us"), cpu0, cpu1):
+                        res[key] = (b - a) / size * 1e6
                     res["ok"] = all(h == 1 for h in hits)
                     results.append(res)
                 finally:
@@ -209,14 +219,15 @@ def main() -> None:
           f"{ceiling['txn16_per_s']:,.0f} txns/s of 16 puts ({ceiling['txn16_keys_per_s']:,.0f} keys/s) "
           f"with 8 in flight\n")
     print("| mode | N | jobs/s | enqueue s | total s | p50 ms | p95 ms | p99 ms | schedule call p50 ms "
-          "| etcd KV calls/job | ok |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| etcd KV calls/job | CPU µs/job producer / worker / etcd | ok |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         def f(k: str, fmt: str) -> str:
             return format(r[k], fmt) if k in r else ""
         print(f"| {r['mode']} | {r['n']} | {f('jobs_per_s', ',.0f')} | {f('enqueue_s', '.2f')} | "
               f"{f('total_s', '.2f')} | {f('p50_ms', '.2f')} | {f('p95_ms', '.2f')} | {f('p99_ms', '.2f')} | "
-              f"{f('call_p50_ms', '.2f')} | {f('round_trips_per_job', '.2f')} | {r['ok']} |")
+              f"{f('call_p50_ms', '.2f')} | {f('round_trips_per_job', '.2f')} | {f('cpu_producer_us', '.0f')} / "
+              f"{f('cpu_worker_us', '.0f')} / {f('cpu_server_us', '.0f')} | {r['ok']} |")
     if a.json:
         Path(a.json).write_text(json.dumps({"rows": rows, "ceiling": ceiling, "etcd": version}, indent=1))
 

@@ -463,6 +463,7 @@ class StoreConformance:
         assert await store.queue_counts() == {"alpha": 1, "beta": 1}
         oldest = await store.oldest_ready()
         assert set(oldest) == {"alpha"} and abs(oldest["alpha"] - (t - 2)) < 0.01  # d is not due yet
+        assert await store.queue_stats() == ({"alpha": 1, "beta": 1}, oldest)
 
     # -- history and logs --------------------------------------------------------------------------------
     async def test_history_query_and_clear(self, store: Store) -> None:

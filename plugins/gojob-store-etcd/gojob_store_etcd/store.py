@@ -1251,13 +1251,34 @@ class EtcdStore(Store):
         return removed[0]
 
     async def queue_counts(self) -> dict[str, int]:
+        counts, _ = await self.queue_stats()
+        return counts
+
+    async def oldest_ready(self) -> dict[str, float]:
+        _, oldest = await self.queue_stats()
+        return oldest
+
+    async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:
+        """Queued instances per kind, and per kind the ready time of the oldest due one, from the
+        ready and delayed index keys alone (never the records: a store may hold millions)."""
         counts: dict[str, int] = {}
-        for base, skip in ((self._kr, 4), (self._kd, 3)):
+        oldest: dict[str, float] = {}
+        now_us = int(time.time() * 1e6)
+        # ready keys: {prio}/{ready}/{seq}/{uuid}/{kind}; delayed keys: {ready}/{seq}/{uuid}/{kind}
+        for base, skip, at in ((self._kr, 4, 1), (self._kd, 3, 0)):
             async for kv in self._scan(base, prefix_end(base), keys_only=True):
                 parts = kv.key[len(base):].decode(errors="replace").split("/", skip)
-                if len(parts) > skip:
-                    counts[parts[skip]] = counts.get(parts[skip], 0) + 1
-        return counts
+                if len(parts) <= skip:
+                    continue
+                kind = parts[skip]
+                counts[kind] = counts.get(kind, 0) + 1
+                try:
+                    ready_us = int(parts[at])
+                except ValueError:
+                    continue
+                if ready_us <= now_us and ready_us / 1e6 < oldest.get(kind, math.inf):
+                    oldest[kind] = ready_us / 1e6
+        return counts, oldest
 
     async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
         interval = 0.002
