@@ -232,3 +232,13 @@ async def test_a_store_on_a_backend_it_does_not_run_on(anyio_backend: str) -> No
         with pytest.raises(gojob.StoreError, match="asyncio-only store runs on asyncio only, not on trio"):
             async with Manager(AsyncioOnly()):
                 pass
+
+
+async def test_a_store_with_an_unknown_finish_mode() -> None:
+    class Odd(gojob.MemoryStore):
+        FINISH_MODE = "sometimes"
+        name = "odd"
+
+    with pytest.raises(gojob.StoreError, match="odd store's FINISH_MODE is 'sometimes'"):
+        async with Manager(Odd()):
+            pass

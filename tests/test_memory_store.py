@@ -14,3 +14,29 @@ class TestMemoryStore(StoreConformance):
     def make_store(self) -> Callable[[], Store]:
         shared = MemoryStore()  # one object: every "node" in a test shares it
         return lambda: shared
+
+
+class _HandoffMemoryStore(MemoryStore):
+    FINISH_MODE = "handoff"
+
+
+class _SplitMemoryStore(MemoryStore):
+    FINISH_MODE = "split"
+
+
+class TestMemoryStoreHandoffFinishes(StoreConformance):
+    """The suite again with the Manager writing finishes the way it does for etcd (a writer task)."""
+
+    @pytest.fixture
+    def make_store(self) -> Callable[[], Store]:
+        shared = _HandoffMemoryStore()
+        return lambda: shared
+
+
+class TestMemoryStoreSplitFinishes(StoreConformance):
+    """The suite again with the Manager writing finishes the way it does for Valkey and Redis."""
+
+    @pytest.fixture
+    def make_store(self) -> Callable[[], Store]:
+        shared = _SplitMemoryStore()
+        return lambda: shared

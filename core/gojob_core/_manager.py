@@ -61,13 +61,14 @@ _RETIRE: Any = None  # sent to the worker stream to retire one worker
 class _Running:
     """This node's bookkeeping for one claimed instance."""
 
-    __slots__ = ("ctx", "inst", "scope", "stop_reason")
+    __slots__ = ("ctx", "finishing", "inst", "scope", "stop_reason")
 
     def __init__(self, inst: Instance) -> None:
         self.inst = inst
         self.scope: anyio.CancelScope | None = None
         self.ctx: Context | None = None
         self.stop_reason: str | None = None
+        self.finishing = False  # its outcome is with the finish writer, not yet answered
 
     def stop(self, reason: str) -> None:
         """Stop the attempt: "canceled" (user cancel), "lost" (lease lost), "shutdown" (node stopping)."""
@@ -90,52 +91,39 @@ class _Overrides:
 
 
 class _FinishBatcher:
-    """Group commit of finishes: outcomes that arrive while a write is in flight go in the next.
-
-    On a network store two writes may be in flight, each with at most half the pool's outcomes, so
-    the store works on one batch while this node runs the instances the other claimed: the round
-    trip overlaps with work instead of adding to it. A store in this process gets one write at a
-    time and no cap (it gains nothing from either).
+    """Group commit of finishes: outcomes that arrive while a write is in flight go in the next, and
+    each write also claims for the slots that are free (one round trip). How the writes are made is
+    the store's ``FINISH_MODE`` (see :class:`gojob_core.abc.Store`): :meth:`submit` serves "await"
+    and "split" (the worker waits for its write), :meth:`post` serves "handoff" (a writer task).
     """
 
     def __init__(self, manager: Manager) -> None:
         self._manager = manager
-        self._pending: list[tuple[Outcome, list[Any]]] = []
+        self._pending: list[tuple[Outcome, Any]] = []  # (outcome, slot list or callback)
         self._calls = 0
+        self._busy = False
 
     async def submit(self, outcome: Outcome) -> bool:
+        """Write the outcome with those that finish meanwhile; its answer (False: not this node's)."""
         slot: list[Any] = [None, None]  # [event, then the store's answer; error]
         self._pending.append((outcome, slot))
         m = self._manager
-        local = m.store.IN_PROCESS
-        if self._calls >= (1 if local else 2):
+        split = m.store.FINISH_MODE == "split"
+        if self._calls >= (2 if split else 1):
             ev = slot[0] = anyio.Event()
             await ev.wait()
         else:
             self._calls += 1
             try:
-                # let the other workers that finished in this same turn of the event loop join the
-                # batch: one store call then carries all of them (where a network store's speed is);
-                # a store in this process gains nothing from waiting
-                if not local:
+                if split:
+                    # the other workers that finish in this same turn of the event loop join the
+                    # batch (a store in this process gains nothing from waiting for them)
                     await anyio.lowlevel.checkpoint()
                 while self._pending:
-                    cap = len(self._pending) if local else max(1, (m._target + 1) // 2)
+                    cap = max(1, (m._target + 1) // 2) if split else len(self._pending)
                     batch, self._pending = self._pending[:cap], self._pending[cap:]
-                    try:
-                        await m._flush_logs()
-                        # the batch's slots free up as soon as this returns: fill them in the same call
-                        free = 0 if m._stopping else m._target - m._in_flight + len(batch) - m._reserved
-                        oks, claimed = await m.store.finish_and_claim(m.node_id, [o for o, _ in batch],
-                                                                      max(0, free), m.lease_time)
-                        m._dispatch(claimed)
-                    except Exception as exc:
-                        for _, s in batch:
-                            _answer(s, False, exc)
-                        continue  # the others get their own try
-                    for (_, s), ok in zip(batch, oks):
-                        _answer(s, ok, None)
-                    if slot[0] is not None and not local and self._calls > 1:
+                    await self._write(batch, freed=len(batch))
+                    if split and slot[0] is not None and self._calls > 1:
                         break  # answered; the other write in flight serves what came meanwhile
             finally:
                 self._calls -= 1
@@ -143,8 +131,46 @@ class _FinishBatcher:
             raise slot[1]
         return bool(slot[0])
 
+    def post(self, outcome: Outcome, done: Callable[[bool, BaseException | None], None]) -> None:
+        """Queue the outcome for the writer task; ``done(ok, error)`` is called when it is answered."""
+        self._pending.append((outcome, done))
+        if not self._busy:
+            self._busy = True
+            assert self._manager._tg is not None
+            self._manager._tg.start_soon(self._drain, name="gojob-finish-writer")
 
-def _answer(slot: list[Any], ok: bool, error: BaseException | None) -> None:
+    async def _drain(self) -> None:
+        try:
+            # the other workers that finish in this same turn of the event loop join the batch: one
+            # store call then carries all of them
+            await anyio.lowlevel.checkpoint()
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._write(batch, freed=0)  # their slots were freed when they were posted
+        finally:
+            self._busy = False
+
+    async def _write(self, batch: list[tuple[Outcome, Any]], *, freed: int) -> None:
+        m = self._manager
+        try:
+            await m._flush_logs()
+            # the free slots (those of this batch included, if not freed yet) are filled in the same call
+            free = 0 if m._stopping else m._target - m._in_flight + freed - m._reserved
+            oks, claimed = await m.store.finish_and_claim(m.node_id, [o for o, _ in batch], max(0, free),
+                                                          m.lease_time)
+            m._dispatch(claimed)
+        except Exception as exc:
+            for _, s in batch:
+                _answer(s, False, exc)
+            return
+        for (_, s), ok in zip(batch, oks):
+            _answer(s, ok, None)
+
+
+def _answer(slot: Any, ok: bool, error: BaseException | None) -> None:
+    if callable(slot):
+        slot(ok, error)
+        return
     ev = slot[0]
     slot[0], slot[1] = ok, error
     if isinstance(ev, anyio.Event):
@@ -250,6 +276,9 @@ class Manager:
         if backend not in self.store.ANYIO_BACKENDS:
             raise StoreError(f"the {self.store.name} store runs on {', '.join(self.store.ANYIO_BACKENDS)} only, "
                              f"not on {backend}; run the Manager under a supported anyio backend")
+        if self.store.FINISH_MODE not in ("await", "split", "handoff"):
+            raise StoreError(f"the {self.store.name} store's FINISH_MODE is {self.store.FINISH_MODE!r}; "
+                             "it must be 'await', 'split' or 'handoff'")
         stack = contextlib.AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -313,7 +342,8 @@ class Manager:
                         while self._running:
                             await self._wait_idle()
                     # interrupted attempts and claims not yet started go back to the queue
-                    leftover = list(self._running)
+                    # (not those whose outcome is being written: the write decides)
+                    leftover = [u for u, r in self._running.items() if not r.finishing]
                     self._handed_back = True
                     for run in list(self._running.values()):
                         run.stop("shutdown")
@@ -338,6 +368,11 @@ class Manager:
                 self._running.clear()
                 self._in_flight = 0
                 self._workers.clear()
+
+    def _check_idle(self) -> None:
+        if self._idle is not None and not self._running:
+            ev, self._idle = self._idle, None
+            ev.set()
 
     async def _wait_idle(self) -> None:
         if self._idle is None:
@@ -735,13 +770,12 @@ class Manager:
                     worker.current = None
                     worker.processed += 1
                     # a retry may already be claimed again under the same uuid: remove only this run
-                    if run is not None and self._running.get(inst.uuid) is run:
+                    # (one whose outcome is still being written stays until the write is answered)
+                    if run is not None and not run.finishing and self._running.get(inst.uuid) is run:
                         del self._running[inst.uuid]
                     self._in_flight -= 1
                     self._wake_dispatcher()
-                    if self._idle is not None and not self._running:
-                        ev, self._idle = self._idle, None
-                        ev.set()
+                    self._check_idle()
         finally:
             self._workers.discard(worker)
 
@@ -859,13 +893,29 @@ class Manager:
                 inst.state = State.SCHEDULED
                 if (aw := self._state_changed(inst, State.SCHEDULED, job)) is not None:
                     await aw
-        try:
-            ok = await self._finisher.submit(outcome)
-        except (StoreError, OSError) as exc:
-            self._report(f"finish of {inst.uuid} failed: {exc!r}; its lease will expire and it will re-run")
+        if self.store.FINISH_MODE != "handoff":
+            try:
+                ok = await self._finisher.submit(outcome)
+            except (StoreError, OSError) as exc:
+                self._finished(inst, None, outcome, False, exc)
+                return
+            self._finished(inst, None, outcome, ok, None)
             return
-        if ok and outcome.retry_at is None and inst.crontab_spec is None:
+        run = self._running.get(inst.uuid)
+        if run is not None:
+            run.finishing = True
+        self._finisher.post(outcome, lambda ok, exc: self._finished(inst, run, outcome, ok, exc))
+
+    def _finished(self, inst: Instance, run: _Running | None, outcome: Outcome, ok: bool,
+                  error: BaseException | None) -> None:
+        """The store answered a finish (``run``: the attempt, if its bookkeeping waited for it)."""
+        if error is not None:
+            self._report(f"finish of {inst.uuid} failed: {error!r}; its lease will expire and it will re-run")
+        elif ok and outcome.retry_at is None and inst.crontab_spec is None:
             self._overrides.pop(inst.uuid, None)
+        if run is not None and self._running.get(inst.uuid) is run:
+            del self._running[inst.uuid]
+            self._check_idle()
 
     async def _chain_next_occurrence(self, inst: Instance) -> None:
         """Enqueue the next occurrence of a recurring instance (idempotent: its uuid is derived)."""

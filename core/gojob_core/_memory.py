@@ -34,7 +34,7 @@ class MemoryStore(Store):
     """Queue, leases, history and logs in process memory (no persistence, no sharing across processes)."""
 
     SCHEMES = ("memory",)
-    IN_PROCESS = True
+    FINISH_MODE = "await"
     name = "memory"
 
     def __init__(self) -> None:

@@ -81,9 +81,19 @@ class Store(abc.ABC):
 
     SCHEMES: ClassVar[tuple[str, ...]] = ()
     ANYIO_BACKENDS: ClassVar[tuple[str, ...]] = ("asyncio", "trio")
-    #: True for a store whose calls do no I/O (the memory store): the Manager then does not wait
-    #: to gather a batch of finishes before writing them
-    IN_PROCESS: ClassVar[bool] = False
+    #: How the Manager writes the outcomes of finished attempts to this store (all ways group-commit
+    #: the outcomes that arrive together, and claim for the freed slots in the same call):
+    #:
+    #: - ``"await"``: the worker waits for its write, one write at a time (a store whose calls do no
+    #:   I/O, like the memory store: waiting costs nothing);
+    #: - ``"split"``: the worker waits for its write; up to two writes are in flight, each with at
+    #:   most half the pool's outcomes, so the store works on one while the node runs what the other
+    #:   claimed (short round trips, fast single-threaded servers: Valkey, Redis);
+    #: - ``"handoff"`` (the default): the worker hands its outcome to a writer task and is free at
+    #:   once; the dispatcher claims for the freed slots in its own call while the write is in flight
+    #:   (long round trips: etcd). The instance stays the node's (lease kept alive, a graceful stop
+    #:   waits for it) until its write is answered.
+    FINISH_MODE: ClassVar[str] = "handoff"
 
     #: The store's name, shown in logs and ``jobctl``.
     name: str = "store"

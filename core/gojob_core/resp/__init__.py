@@ -171,6 +171,7 @@ class RespStore(Store):
     """The store contract on Valkey or Redis (see the module docs for the key layout)."""
 
     name = "resp"
+    FINISH_MODE = "split"
 
     def __init__(self, connection: RespConnection, options: RespOptions) -> None:
         self.conn = connection

@@ -158,7 +158,10 @@ async def test_killed_worker_process_job_reruns_within_the_lease_time(shared_url
     # the kill; the survivor's watch knows the lease's end and re-runs the job then, not a poll later
     waited = second.ts - t_kill
     print(f"\nre-run on {survivor} {waited:.2f}s after {victim} was killed (lease {lease}s)")
-    assert lease / 2 <= waited <= lease + 0.5, f"re-run {waited:.2f}s after the kill (lease {lease}s)"
+    # (the upper bound allows the scheduling delays of a loaded 2-core CI machine: four processes and
+    # etcd share it; what it rules out is waiting for a poll or for a second lease)
+    assert lease / 2 <= waited <= lease + 1.5, (f"re-run {waited:.2f}s after the kill (lease {lease}s): "
+                                               f"{[(r.state.value, r.node, round(r.ts - t_kill, 3)) for r in records]}")
 
 
 # -- etcd restarted under load ----------------------------------------------------------------------------
