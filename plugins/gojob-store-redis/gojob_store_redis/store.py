@@ -19,37 +19,70 @@ _log = logging.getLogger("gojob.redis")
 
 
 class _Subscription(RespSubscription):
-    def __init__(self, pubsub: Any) -> None:
-        self._pubsub = pubsub
+    """A redis-py connection of its own, subscribed, read directly (redis-py's PubSub object wraps
+    every read in health checks and a retry policy: a cost on each handed instance). After a
+    connection error the next read reconnects and subscribes again; what was published meanwhile
+    is lost, which the callers' safety nets (poll, heartbeat) cover."""
+
+    def __init__(self, make: Any, channels: Sequence[str], timeout: float) -> None:
+        self._make = make
+        self._channels = list(dict.fromkeys(channels))
+        self._timeout = timeout
+        self._conn: Any = None
+
+    async def open(self) -> None:
+        """Connect and subscribe, returning once the server confirmed: nothing published later is missed."""
+        conn = self._make()
+        try:
+            with anyio.fail_after(self._timeout):
+                await conn.connect()
+                await conn.send_packed_command(_pack(["SUBSCRIBE", *self._channels]), check_health=False)
+                left = len(self._channels)
+                while left > 0:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                    if isinstance(reply, list) and reply and reply[0] == "subscribe":
+                        left -= 1
+        except (RedisError, OSError) as exc:
+            await _drop(conn)
+            raise StoreError(f"redis store: subscribe failed: {exc}") from exc
+        except BaseException:
+            await _drop(conn)
+            raise
+        self._conn = conn
 
     async def next_message(self, timeout: float) -> tuple[str, str] | None:
-        # confirmations (subscribe, pong) are read past: with redis-py's ignore_subscribe_messages a
-        # confirmation comes back as None, which would look like "nothing within the timeout"
+        if self._conn is None:
+            await self.open()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             try:
-                msg = await self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
+                # a read that times out returns None and leaves the connection (and a message half
+                # read into the parser's buffer) as it was
+                reply = await self._conn.read_response(timeout=max(0.0, deadline - time.monotonic()),
+                                                       disconnect_on_error=False)
             except (RedisError, OSError) as exc:
-                # redis-py's PubSub reconnects and resubscribes on the next call; what was published
-                # meanwhile is lost, which the callers' safety nets (poll, heartbeat) cover
+                conn, self._conn = self._conn, None
+                await _drop(conn)
                 raise StoreError(f"redis store: subscription interrupted: {exc}") from exc
-            if msg is None:
+            if reply is None:
                 return None
-            if msg["type"] in ("message", "pmessage"):
-                return str(msg["channel"]), str(msg["data"])
-
-    async def confirmed(self, channels: int, timeout: float) -> None:
-        """Read the server's confirmations of the subscriptions: from then on nothing published is missed."""
-        deadline = time.monotonic() + timeout
-        while channels > 0:
-            msg = await self._pubsub.get_message(timeout=max(0.0, deadline - time.monotonic()))
-            if msg is None:
-                raise StoreError(f"redis store: the server did not confirm the subscription within {timeout} s")
-            if msg["type"] == "subscribe":
-                channels -= 1
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == "message":
+                return str(reply[1]), str(reply[2])
+            # anything else (a confirmation) is read past
 
     async def close(self) -> None:
-        await self._pubsub.aclose()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await _drop(conn)
+
+
+async def _drop(conn: Any) -> None:
+    """Close a connection, whatever state it is in."""
+    try:
+        with anyio.CancelScope(shield=True):
+            await conn.disconnect(nowait=True)
+    except Exception as exc:  # noqa: BLE001 - the connection is dropped either way
+        _log.debug("redis store: closing a connection: %r", exc)
 
 
 def _pack(args: Sequence[Any]) -> bytes:
@@ -104,10 +137,7 @@ class _Pool:
             self._sem.release()
             return
         try:  # a half-read reply must not be read by the next call: drop the connection
-            with anyio.CancelScope(shield=True):
-                await conn.disconnect(nowait=True)
-        except Exception as exc:  # noqa: BLE001 - the connection is dropped either way
-            _log.debug("redis store: closing a failed connection: %r", exc)
+            await _drop(conn)
         finally:
             self._sem.release()
 
@@ -131,6 +161,7 @@ class RedisConnection(RespConnection):
         self._max = max_connections
         self.client: aioredis.Redis | None = None
         self._pool: _Pool | None = None
+        self._make_sub: Any = None
 
     async def connect(self) -> None:
         o = self.options
@@ -150,6 +181,7 @@ class RedisConnection(RespConnection):
         # write by running it as a separate task (asyncio.wait_for), a cost on every call
         kwargs["socket_timeout"] = None
         self._pool = _Pool(lambda: cls(**kwargs), self._max, o.timeout)
+        self._make_sub = lambda: cls(**kwargs)
         try:
             await self.execute("PING")
         except StoreError as exc:
@@ -242,14 +274,8 @@ class RedisConnection(RespConnection):
             raise StoreError(f"redis store: {exc}") from exc
 
     async def subscribe(self, channels: Sequence[str]) -> RespSubscription:
-        pubsub = self._c().pubsub()
-        sub = _Subscription(pubsub)
-        try:
-            await pubsub.subscribe(*channels)
-            await sub.confirmed(len(set(channels)), self.options.timeout)
-        except (RedisError, OSError, StoreError) as exc:
-            await pubsub.aclose()
-            raise StoreError(f"redis store: subscribe failed: {exc}") from exc
+        sub = _Subscription(self._make_sub, channels, self.options.timeout)
+        await sub.open()
         return sub
 
 
