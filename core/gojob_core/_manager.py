@@ -169,7 +169,10 @@ class _FinishBatcher:
 
 def _answer(slot: Any, ok: bool, error: BaseException | None) -> None:
     if callable(slot):
-        slot(ok, error)
+        try:
+            slot(ok, error)
+        except Exception:  # a bug in the bookkeeping must not take the writer task (and the node) down
+            _log.exception("gojob: handling the answer to a finish failed")
         return
     ev = slot[0]
     slot[0], slot[1] = ok, error
