@@ -8,8 +8,10 @@ Not a test: it prints a table. Full history is on (it always is). Modes:
 - ``latency``: one job at a time with the worker idle; schedule call -> executor start (p50/p95/p99).
 
 The job body is a no-op that records its run in shared memory (no store call), so completion is
-exact: every one of N ran, none twice. Server round trips per job are read from the server's own
-``INFO commandstats`` (calls to every command, divided by N).
+exact: every one of N ran, none twice. From the server's own ``INFO commandstats``, divided by N:
+every command it ran (those inside scripts included), and the script calls, which are the round trips
+(every store step is one script; this workload makes no other calls). CPU per job of the producer,
+the worker process and the server comes from /proc.
 
     python bench/bench_resp.py --store redis --n 10000 --reps 3
     python bench/bench_resp.py --store valkey --modes seq many latency
@@ -99,7 +101,8 @@ async def _run_mode(url: str, prefix: str, mode: str, n: int, counter: Any, hits
     return {"jobs_per_s": n / total, "enqueue_s": t_enq, "total_s": total}
 
 
-def _commandstats(port: int) -> int:
+def _commandstats(port: int) -> tuple[int, int]:
+    """(every command the server ran, those inside scripts included; script calls, i.e. round trips)."""
     import socket
 
     with socket.create_connection(("127.0.0.1", port)) as s:
@@ -113,12 +116,14 @@ def _commandstats(port: int) -> int:
             head, _, rest = data.partition(b"\r\n")
             if head.startswith(b"$") and len(rest) >= int(head[1:]):
                 break
-    total = 0
+    total = scripts = 0
     for line in data.decode(errors="replace").splitlines():
         if line.startswith("cmdstat_"):
-            calls = line.split(":", 1)[1].split(",")[0]
-            total += int(calls.split("=")[1])
-    return total
+            calls = int(line.split(":", 1)[1].split(",")[0].split("=")[1])
+            total += calls
+            if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+                scripts += calls
+    return total, scripts
 
 
 def _proc_cpu(pid: int) -> float:
@@ -154,7 +159,9 @@ def run(store: str, modes: list[str], n: int, reps: int, lat_n: int, workers: in
                     cpu0 = (time.process_time(), _proc_cpu(proc.pid), _proc_cpu(server.pid))
                     res = anyio.run(_run_mode, url, prefix, mode, size, counter, hits, starts)
                     cpu1 = (time.process_time(), _proc_cpu(proc.pid), _proc_cpu(server.pid))
-                    res["round_trips_per_job"] = (_commandstats(server.port) - calls0 - 1) / size
+                    calls1 = _commandstats(server.port)
+                    res["server_calls_per_job"] = (calls1[0] - calls0[0] - 1) / size
+                    res["round_trips_per_job"] = (calls1[1] - calls0[1]) / size
                     for key, a, b in zip(("cpu_producer_us", "cpu_worker_us", "cpu_server_us"), cpu0, cpu1):
                         res[key] = (b - a) / size * 1e6
                     res["ok"] = all(h == 1 for h in hits)
@@ -191,16 +198,17 @@ def main() -> None:
     print(f"- machine: {os.cpu_count()} cores, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}; "
           f"median of {a.reps} reps (latency: one run of {a.lat_n})\n")
     print("| store | mode | N | jobs/s | enqueue s | total s | p50 ms | p95 ms | p99 ms | schedule call p50 ms "
-          "| server calls/job | CPU µs/job producer / worker / server | ok |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "| server calls/job | script calls (round trips)/job | CPU µs/job producer / worker / server | ok |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         def f(k: str, fmt: str) -> str:
             return format(r[k], fmt) if k in r else ""
         print(f"| {r['store']} | {r['mode']} | {r['n']} | {f('jobs_per_s', ',.0f')} | {f('enqueue_s', '.2f')} | "
               f"{f('total_s', '.2f')} | {f('p50_ms', '.2f')} | {f('p95_ms', '.2f')} | {f('p99_ms', '.2f')} | "
               f"{f('call_p50_ms', '.2f')} | "
-              f"{f('round_trips_per_job', '.1f')} | {f('cpu_producer_us', '.0f')} / {f('cpu_worker_us', '.0f')} / "
-              f"{f('cpu_server_us', '.0f')} | {r['ok']} |")
+              f"{f('server_calls_per_job', '.1f')} | {f('round_trips_per_job', '.2f')} | "
+              f"{f('cpu_producer_us', '.0f')} / {f('cpu_worker_us', '.0f')} / {f('cpu_server_us', '.0f')} | "
+              f"{r['ok']} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 
