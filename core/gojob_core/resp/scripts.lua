@@ -192,10 +192,33 @@ return tonumber(n or 0)
 --! enqueue
 -- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id,
 -- created_ts, max_retries, d (the record's fixed part as JSON: arguments, timeout, cron, created)
+-- An instance that is due while nothing else is ready (or delayed and due) goes straight to a node
+-- waiting for work: claimed here, without passing through the ready set and its indexes, and sent in
+-- the node's message. The others are queued, and handoff() serves waiting nodes from the queue.
 local node, chained, n = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local t = now()
 local out = {}
 local i = 5
+local direct = nil  -- registrations of waiting nodes, read on first use: {node, limit, lease, deadline}
+local sent = {}     -- node -> hashes handed to it directly
+local queued_any = false
+local function waiting_node()
+  if direct == nil then
+    direct = {}
+    local idle = redis.call('HGETALL', P .. 'idle')
+    for j = 1, #idle, 2 do
+      local limit, lease, deadline = string.match(idle[j + 1], '^(%S+) (%S+) (%S+)$')
+      limit, lease, deadline = tonumber(limit), tonumber(lease), tonumber(deadline)
+      if deadline ~= nil and deadline >= t and limit ~= nil and limit > 0 then
+        direct[#direct + 1] = {idle[j], limit, lease, deadline}
+      end
+    end
+  end
+  for _, reg in ipairs(direct) do
+    if reg[2] > 0 then return reg end
+  end
+  return nil
+end
 for k = 1, n do
   local uuid, kind, prio, ready, sid, created, retries, d =
     ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
@@ -205,22 +228,64 @@ for k = 1, n do
     out[k] = 0
   else
     local seq = redis.call('INCR', P .. 'seq')
-    if sid == '' then
-      redis.call('HSET', key, 'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready,
-                 'state', 'SCHEDULED', 'seq', seq, 'max_retries', retries)
-    else
+    local h = {'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'seq', tostring(seq),
+               'max_retries', retries}
+    if sid ~= '' then
       if not chained then redis.call('SREM', P .. 'sched:canceled', sid) end
       redis.call('SADD', P .. 'sched:' .. sid, uuid)
-      redis.call('HSET', key, 'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready,
-                 'state', 'SCHEDULED', 'seq', seq, 'max_retries', retries, 'schedule_id', sid)
+      h[#h + 1] = 'schedule_id'
+      h[#h + 1] = sid
     end
     redis.call('ZADD', P .. 'all', created, uuid)
     hist(uuid, kind, 'CREATED', t, 0, node, nil)
     hist(uuid, kind, 'SCHEDULED', t, 0, node, nil)
-    redis.call('HINCRBY', P .. 'queued', kind, 1)
-    redis.call('ZADD', P .. 'waiting:' .. kind, ready, uuid)
-    place(tonumber(prio), tonumber(ready), seq, uuid, t)
+    local ready_ts = tonumber(ready)
+    local reg = nil
+    if ready_ts <= t and not queued_any and redis.call('ZCARD', P .. 'ready') == 0 then
+      local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
+      if #head == 0 or tonumber(head[2]) > t then reg = waiting_node() end
+    end
+    if reg ~= nil then
+      local to, lease = reg[1], reg[3]
+      h[#h + 1] = 'state'; h[#h + 1] = 'PROCESSING'
+      h[#h + 1] = 'attempts'; h[#h + 1] = '1'
+      h[#h + 1] = 'started_ts'; h[#h + 1] = string.format('%.6f', t)
+      h[#h + 1] = 'node'; h[#h + 1] = to
+      h[#h + 1] = 'lease_ts'; h[#h + 1] = string.format('%.6f', t + lease)
+      redis.call('HSET', key, unpack(h))
+      redis.call('ZADD', P .. 'running', t + lease, uuid)
+      hist(uuid, kind, 'PROCESSING', t, 1, to, nil)
+      reg[2] = reg[2] - 1
+      local list = sent[to]
+      if list == nil then
+        list = {}
+        sent[to] = list
+      end
+      list[#list + 1] = h
+    else
+      h[#h + 1] = 'state'; h[#h + 1] = 'SCHEDULED'
+      redis.call('HSET', key, unpack(h))
+      redis.call('HINCRBY', P .. 'queued', kind, 1)
+      redis.call('ZADD', P .. 'waiting:' .. kind, ready, uuid)
+      place(tonumber(prio), ready_ts, seq, uuid, t)
+      queued_any = true
+    end
     out[k] = 1
+  end
+end
+if direct ~= nil then
+  for _, reg in ipairs(direct) do
+    local list = sent[reg[1]]
+    if list ~= nil then
+      redis.call('HINCRBY', P .. 'handed', reg[1], #list)
+      if reg[2] <= 0 then
+        redis.call('HDEL', P .. 'idle', reg[1])
+      else
+        redis.call('HSET', P .. 'idle', reg[1], reg[2] .. ' ' .. string.format('%.6f', reg[3]) .. ' ' ..
+                   string.format('%.6f', reg[4]))
+      end
+      redis.call('PUBLISH', P .. 'node:' .. reg[1], cjson.encode(list))
+    end
   end
 end
 if WAKE_READY then handoff(t) end
