@@ -381,3 +381,46 @@ async def test_corrupt_records_are_reported_set_aside_and_never_deleted(shared_u
         assert await store.conn.execute("HGET", f"{p}inst:{bad}", "d") == "{not json"
         assert await store.conn.execute("ZSCORE", f"{p}hist", bad_member) is not None
         assert await store.reclaim_expired("n2") == []  # and it does not come back
+
+
+# -- the hand-off to a waiting node ------------------------------------------------------------------------------
+def _due(kind: str, delay: float = 0.0) -> Instance:
+    t = time.time()
+    return Instance(uuid=str(uuid.uuid4()), kind=kind, created_ts=t, ready_ts=t + delay)
+
+
+async def test_enqueue_hands_a_due_instance_straight_to_a_waiting_node(shared_url: str) -> None:
+    async with Manager(store=shared_url, num_workers=0, node_id="producer") as mgr:
+        store = mgr.store
+        assert isinstance(store, RespStore)
+        await store._run("idle", "w", 2, "30", "30", -1)  # node w waits for work, 2 slots
+        inst = _due("hand")
+        assert await store.enqueue([inst], node="producer") == [True]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and (got.state, got.node, got.attempts) == (State.PROCESSING, "w", 1)
+        assert got.lease_ts is not None and got.lease_ts > time.time() + 20
+        assert await store.queue_counts() == {}  # it never waited in the queue
+        assert [r.state for r in await store.lookup_history(Query(instance=inst))] == [
+            State.CREATED, State.SCHEDULED, State.PROCESSING]
+        assert int(await store.conn.execute("HGET", f"{store.p}handed", "w")) == 1
+        # the registration now has one slot left; the running index holds the lease
+        assert (await store.conn.execute("HGET", f"{store.p}idle", "w")).startswith("1 ")
+        assert await store.conn.execute("ZSCORE", f"{store.p}running", inst.uuid) is not None
+
+
+async def test_a_due_delayed_instance_is_handed_before_a_newer_one(shared_url: str) -> None:
+    """A delayed instance that became due but was not moved to the ready set yet goes first: the
+    enqueue of a newer instance does not hand that one over directly."""
+    async with Manager(store=shared_url, num_workers=0, node_id="producer") as mgr:
+        store = mgr.store
+        assert isinstance(store, RespStore)
+        older = _due("order", delay=0.3)
+        assert await store.enqueue([older]) == [True]
+        await store._run("idle", "w", 1, "30", "30", -1)  # one slot
+        await anyio.sleep(0.4)  # older is due now, still in the delayed set
+        newer = _due("order")
+        assert await store.enqueue([newer]) == [True]
+        got_older, got_newer = await store.get_instance(older.uuid), await store.get_instance(newer.uuid)
+        assert got_older is not None and (got_older.state, got_older.node) == (State.PROCESSING, "w")
+        assert got_newer is not None and got_newer.state is State.SCHEDULED
+        assert await store.queue_counts() == {"order": 1}
