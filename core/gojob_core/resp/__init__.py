@@ -294,11 +294,16 @@ class RespStore(Store):
             self._regs.pop(node, None)
             out = await self._run("idle", node, limit, _num(lease), _num(timeout),
                                   -1 if reg is None else reg.received)
-            got = await self._receive_pending(node, int(out[2])) + self._claimed([out[0], out[1], *out[3:]])
+            # the old registration's instances still on their way come first on the channel, then
+            # those handed through the new one (registered for the slots this call left free)
+            registered = int(out[3])
+            if registered > 0:
+                self._regs[node] = _Registration(registered, now_m + timeout)
+            got = await self._receive_pending(node, int(out[2])) + self._claimed([out[0], out[1], *out[4:]])
             await self._flush_corrupt()
-            if got:
+            if got or registered <= 0:
                 return got
-            reg = self._regs[node] = _Registration(limit, now_m + timeout)
+            reg = self._regs[node]
         wait = min(timeout, reg.expires - now_m)
         if self._next_due is not None:
             wait = min(wait, max(0.0, self._next_due - time.time()))

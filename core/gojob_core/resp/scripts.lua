@@ -159,11 +159,13 @@ local function handoff(t)
 end
 
 --! idle
--- ARGV: prefix, node, limit, lease, wait, received -> {drained_ts, next_due_or_'', pending, hgetall...}
+-- ARGV: prefix, node, limit, lease, wait, received ->
+--   {drained_ts, next_due_or_'', pending, registered, hgetall...}
 -- Closes the node's registration if one is open (`received` >= 0: how many instances the node got
 -- through it; `pending` = handed but not yet received, which the node still reads from its channel),
--- then claims like `claim`; when nothing is ready (and nothing pending), registers the node as
--- waiting (for `wait` seconds and a grace second) so that enqueues hand it instances directly.
+-- then claims like `claim`. If that left the ready set empty, the slots still free (`registered`)
+-- are registered as waiting (for `wait` seconds and a grace second), so that enqueues hand the node
+-- instances directly.
 local node, limit, lease, wait, received = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
   tonumber(ARGV[6])
 local t = now()
@@ -173,11 +175,13 @@ if received >= 0 then
 end
 redis.call('HDEL', P .. 'idle', node)
 redis.call('HDEL', P .. 'handed', node)
-local out = {t, '', pending}
+local out = {t, '', pending, 0}
 claim_into(out, node, math.max(0, limit - pending), lease, t)
-if #out == 3 and pending == 0 and limit > 0 then
-  redis.call('HSET', P .. 'idle', node, limit .. ' ' .. string.format('%.6f', lease) .. ' ' ..
+local left = limit - pending - (#out - 4)
+if left > 0 and out[1] ~= 0 then
+  redis.call('HSET', P .. 'idle', node, left .. ' ' .. string.format('%.6f', lease) .. ' ' ..
              string.format('%.6f', t + wait + 1))
+  out[4] = left
 end
 flush()
 return out
