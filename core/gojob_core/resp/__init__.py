@@ -349,6 +349,8 @@ class RespStore(Store):
                 handed, n = self._handed(msg[1])
                 count += n
                 got += handed
+            elif self._fresh_wake(msg[1]) and (reg := self._regs.get(node)) is not None:
+                reg.stale = True  # work came that the new registration may not cover: look again
         return got
 
     async def _close_registration(self, node: str) -> list[Instance]:
