@@ -424,3 +424,24 @@ async def test_a_due_delayed_instance_is_handed_before_a_newer_one(shared_url: s
         assert got_older is not None and (got_older.state, got_older.node) == (State.PROCESSING, "w")
         assert got_newer is not None and got_newer.state is State.SCHEDULED
         assert await store.queue_counts() == {"order": 1}
+
+
+async def test_redis_store_takes_an_existing_client_whatever_its_reply_settings(redis_server: Server) -> None:
+    """``client=``: the store uses the client's connection settings (here its database) for connections
+    of its own, which decode replies and speak RESP2 whatever the client was built with."""
+    from gojob_store_redis import RedisStore
+
+    client = aioredis.Redis(host=redis_server.host, port=redis_server.port, db=3, decode_responses=False,
+                            protocol=3)
+    store = RedisStore.from_url(f"redis://{redis_server.host}:{redis_server.port}/0", client=client,
+                                prefix=_prefix())
+    try:
+        async with Manager(store, num_workers=2) as mgr:
+            inst = await mgr.schedule_job(Job(kind="add", executor=lambda a, b: a + b), arguments=(2, 3))
+            done = await mgr.wait(inst, timeout=10)
+            assert (done.state, done.result) == (State.COMPLETED, 5)
+            assert [r.state for r in await mgr.lookup_instance_history(Query(instance=inst))][-1] is State.COMPLETED
+        # the records went to the client's database, 3
+        assert await client.exists(f"{store.p}inst:{inst.uuid}".encode()) == 1
+    finally:
+        await client.aclose()

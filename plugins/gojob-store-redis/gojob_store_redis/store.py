@@ -180,6 +180,8 @@ class RedisConnection(RespConnection):
         # our calls are bounded by a cancel scope instead: redis-py enforces socket_timeout on a
         # write by running it as a separate task (asyncio.wait_for), a cost on every call
         kwargs["socket_timeout"] = None
+        # replies as text in RESP2 shapes, whatever a given client was built with
+        kwargs.update(decode_responses=True, protocol=2)
         self._pool = _Pool(lambda: cls(**kwargs), self._max, o.timeout)
         self._make_sub = lambda: cls(**kwargs)
         try:
@@ -284,7 +286,8 @@ class RedisStore(RespStore):
 
     ``RedisStore.from_url("redis://:password@host:6379/0?prefix=myapp:")``; ``rediss://`` for TLS;
     keyword options (``prefix``, ``timeout``, ``password``, ...) override the URL; ``client=`` takes
-    an existing ``redis.asyncio.Redis`` (created with ``decode_responses=True``).
+    an existing ``redis.asyncio.Redis``, whose connection settings (address, credentials, TLS, database)
+    the store's own connections use.
     """
 
     SCHEMES: ClassVar[tuple[str, ...]] = ("redis", "rediss")
