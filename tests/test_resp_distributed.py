@@ -445,3 +445,23 @@ async def test_redis_store_takes_an_existing_client_whatever_its_reply_settings(
         assert await client.exists(f"{store.p}inst:{inst.uuid}".encode()) == 1
     finally:
         await client.aclose()
+
+
+async def test_valkey_store_takes_an_existing_glide_client(valkey_server: Server) -> None:
+    """``client=``: requests go through the given glide client (subscriptions get clients of their own,
+    from the URL); the store does not close a client it was given."""
+    from glide import GlideClient, GlideClientConfiguration, NodeAddress
+    from gojob_store_valkey import ValkeyStore
+
+    client = await GlideClient.create(GlideClientConfiguration([NodeAddress(valkey_server.host, valkey_server.port)],
+                                                               request_timeout=5000))
+    store = ValkeyStore.from_url(f"valkey://{valkey_server.host}:{valkey_server.port}/0", client=client,
+                                 prefix=_prefix())
+    try:
+        async with Manager(store, num_workers=2) as mgr:
+            inst = await mgr.schedule_job(Job(kind="add", executor=lambda a, b: a + b), arguments=(2, 3))
+            done = await mgr.wait(inst, timeout=10)
+            assert (done.state, done.result) == (State.COMPLETED, 5)
+        assert await client.exists([f"{store.p}inst:{inst.uuid}"]) == 1  # still open, and it wrote there
+    finally:
+        await client.close()
