@@ -126,32 +126,47 @@ local function claim_into(out, node, limit, lease, t)
   if redis.call('ZCARD', P .. 'ready') == 0 then out[1] = string.format('%.6f', t) else out[1] = 0 end
 end
 
--- Hand newly ready instances straight to nodes waiting for work (registered by the idle script): the
--- claim is made here and the instances travel in the message to the node, which starts them with
--- no further round trip. A registration past its deadline (its node went away) is dropped.
-local function handoff(t)
-  if redis.call('ZCARD', P .. 'ready') == 0 then return end
+-- The registrations of nodes waiting for work (see the idle script): {node, free slots, lease, deadline}
+-- each. One past its deadline (its node went away) is dropped.
+local function registrations(t)
+  local regs = {}
   local idle = redis.call('HGETALL', P .. 'idle')
   for j = 1, #idle, 2 do
-    local node = idle[j]
     local limit, lease, deadline = string.match(idle[j + 1], '^(%S+) (%S+) (%S+)$')
     limit, lease, deadline = tonumber(limit), tonumber(lease), tonumber(deadline)
-    if deadline == nil or deadline < t then
-      redis.call('HDEL', P .. 'idle', node)
+    if deadline == nil or deadline < t or limit == nil then
+      redis.call('HDEL', P .. 'idle', idle[j])
     else
+      regs[#regs + 1] = {idle[j], limit, lease, deadline}
+    end
+  end
+  return regs
+end
+-- Send a waiting node the hashes of instances claimed for it; reg[2] already counts them out.
+local function deliver(reg, hashes)
+  redis.call('HINCRBY', P .. 'handed', reg[1], #hashes)
+  if reg[2] <= 0 then
+    redis.call('HDEL', P .. 'idle', reg[1])
+  else
+    redis.call('HSET', P .. 'idle', reg[1], string.format('%d %.6f %.6f', reg[2], reg[3], reg[4]))
+  end
+  redis.call('PUBLISH', P .. 'node:' .. reg[1], cjson.encode(hashes))
+end
+
+-- Hand ready instances straight to nodes waiting for work: the claim is made here and the instances
+-- travel in the message to the node, which starts them with no further round trip. `regs`: the
+-- registrations if the caller read them already.
+local function handoff(t, regs)
+  if redis.call('ZCARD', P .. 'ready') == 0 then return end
+  for _, reg in ipairs(regs or registrations(t)) do
+    if reg[2] > 0 then
       local got = {t, ''}
-      claim_into(got, node, limit, lease, t)
-      local n = #got - 2
-      if n > 0 then
-        local payload = {}
-        for k = 3, #got do payload[#payload + 1] = got[k] end
-        redis.call('HINCRBY', P .. 'handed', node, n)
-        if n >= limit then
-          redis.call('HDEL', P .. 'idle', node)
-        else
-          redis.call('HSET', P .. 'idle', node, (limit - n) .. ' ' .. lease .. ' ' .. deadline)
-        end
-        redis.call('PUBLISH', P .. 'node:' .. node, cjson.encode(payload))
+      claim_into(got, reg[1], reg[2], reg[3], t)
+      if #got > 2 then
+        local hashes = {}
+        for k = 3, #got do hashes[#hashes + 1] = got[k] end
+        reg[2] = reg[2] - #hashes
+        deliver(reg, hashes)
       end
       if redis.call('ZCARD', P .. 'ready') == 0 then return end
     end
@@ -203,21 +218,10 @@ local node, chained, n = ARGV[2], ARGV[3] == '1', tonumber(ARGV[4])
 local t = now()
 local out = {}
 local i = 5
-local direct = nil  -- registrations of waiting nodes, read on first use: {node, limit, lease, deadline}
+local direct = nil  -- registrations of waiting nodes, read on first use
 local sent = {}     -- node -> hashes handed to it directly
-local queued_any = false
 local function waiting_node()
-  if direct == nil then
-    direct = {}
-    local idle = redis.call('HGETALL', P .. 'idle')
-    for j = 1, #idle, 2 do
-      local limit, lease, deadline = string.match(idle[j + 1], '^(%S+) (%S+) (%S+)$')
-      limit, lease, deadline = tonumber(limit), tonumber(lease), tonumber(deadline)
-      if deadline ~= nil and deadline >= t and limit ~= nil and limit > 0 then
-        direct[#direct + 1] = {idle[j], limit, lease, deadline}
-      end
-    end
-  end
+  if direct == nil then direct = registrations(t) end
   for _, reg in ipairs(direct) do
     if reg[2] > 0 then return reg end
   end
@@ -245,7 +249,7 @@ for k = 1, n do
     hist(uuid, kind, 'SCHEDULED', t, 0, node, nil)
     local ready_ts = tonumber(ready)
     local reg = nil
-    if ready_ts <= t and not queued_any and redis.call('ZCARD', P .. 'ready') == 0 then
+    if ready_ts <= t and redis.call('ZCARD', P .. 'ready') == 0 then
       local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
       if #head == 0 or tonumber(head[2]) > t then reg = waiting_node() end
     end
@@ -272,27 +276,16 @@ for k = 1, n do
       redis.call('HINCRBY', P .. 'queued', kind, 1)
       redis.call('ZADD', P .. 'waiting:' .. kind, ready, uuid)
       place(tonumber(prio), ready_ts, seq, uuid, t)
-      queued_any = true
     end
     out[k] = 1
   end
 end
 if direct ~= nil then
   for _, reg in ipairs(direct) do
-    local list = sent[reg[1]]
-    if list ~= nil then
-      redis.call('HINCRBY', P .. 'handed', reg[1], #list)
-      if reg[2] <= 0 then
-        redis.call('HDEL', P .. 'idle', reg[1])
-      else
-        redis.call('HSET', P .. 'idle', reg[1], reg[2] .. ' ' .. string.format('%.6f', reg[3]) .. ' ' ..
-                   string.format('%.6f', reg[4]))
-      end
-      redis.call('PUBLISH', P .. 'node:' .. reg[1], cjson.encode(list))
-    end
+    if sent[reg[1]] ~= nil then deliver(reg, sent[reg[1]]) end
   end
 end
-if WAKE_READY then handoff(t) end
+if WAKE_READY then handoff(t, direct) end
 wake(t)
 flush()
 return out

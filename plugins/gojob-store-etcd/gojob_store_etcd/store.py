@@ -1280,17 +1280,6 @@ class EtcdStore(Store):
                     oldest[kind] = ready_us / 1e6
         return counts, oldest
 
-    async def wait_final(self, uuid: str, timeout: float | None) -> Instance | None:
-        interval = 0.002
-        with anyio.move_on_after(timeout):
-            while True:
-                inst = await self.get_instance(uuid)
-                if inst is None or inst.state.is_final:
-                    return inst
-                await anyio.sleep(interval)
-                interval = min(interval * 1.5, 0.1)
-        return await self.get_instance(uuid)
-
     # -- history and logs ----------------------------------------------------------------------------
     def _time_range(self, by_uuid: bytes, by_time: bytes, query: Query) -> tuple[bytes, bytes]:
         lo = "" if query.since_ts is None else _us(query.since_ts - 2e-6)

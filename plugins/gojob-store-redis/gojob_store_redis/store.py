@@ -150,38 +150,37 @@ class _Pool:
 
 
 class RedisConnection(RespConnection):
-    """redis-py asyncio: its connections driven directly for commands and scripts (see ``_Pool``), its
-    client for subscriptions. ``max_connections`` caps the connections for commands; a call waits
-    for a free one (up to the timeout) rather than failing."""
+    """redis-py asyncio: its connection objects driven directly, pooled for commands and scripts (see
+    ``_Pool``), one each for subscriptions. ``max_connections`` caps the connections for commands; a
+    call waits for a free one (up to the timeout) rather than failing."""
 
     def __init__(self, options: RespOptions, *, client: aioredis.Redis | None = None,
                  max_connections: int = 64) -> None:
         self.options = options
         self._given = client
         self._max = max_connections
-        self.client: aioredis.Redis | None = None
         self._pool: _Pool | None = None
         self._make_sub: Any = None
 
-    async def connect(self) -> None:
+    def _connection_settings(self) -> tuple[type[Any], dict[str, Any]]:
+        """The redis-py connection class and its arguments: a given client's, else the URL's."""
         o = self.options
         if self._given is not None:
-            self.client = self._given
+            cp = self._given.connection_pool
+            cls, kwargs = cp.connection_class, dict(cp.connection_kwargs)
         else:
-            pool = aioredis.BlockingConnectionPool(
-                connection_class=aioredis.SSLConnection if o.tls else aioredis.Connection,
-                max_connections=self._max, timeout=o.timeout, host=o.host, port=o.port, db=o.db,
-                username=o.username, password=o.password, decode_responses=True, protocol=2,
-                socket_timeout=o.timeout, socket_connect_timeout=o.connect_timeout,
-            )
-            self.client = aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
-        cp = self.client.connection_pool
-        cls, kwargs = cp.connection_class, dict(cp.connection_kwargs)
-        # our calls are bounded by a cancel scope instead: redis-py enforces socket_timeout on a
-        # write by running it as a separate task (asyncio.wait_for), a cost on every call
-        kwargs["socket_timeout"] = None
-        # replies as text in RESP2 shapes, whatever a given client was built with
-        kwargs.update(decode_responses=True, protocol=2)
+            cls = aioredis.SSLConnection if o.tls else aioredis.Connection
+            kwargs = {"host": o.host, "port": o.port, "db": o.db, "username": o.username,
+                      "password": o.password, "socket_connect_timeout": o.connect_timeout}
+        # replies as text in RESP2 shapes, whatever a given client was built with; our calls are
+        # bounded by a cancel scope instead of socket_timeout (redis-py enforces that on a write by
+        # running it as a separate task, asyncio.wait_for: a cost on every call)
+        kwargs.update(decode_responses=True, protocol=2, socket_timeout=None)
+        return cls, kwargs
+
+    async def connect(self) -> None:
+        o = self.options
+        cls, kwargs = self._connection_settings()
         self._pool = _Pool(lambda: cls(**kwargs), self._max, o.timeout)
         self._make_sub = lambda: cls(**kwargs)
         try:
@@ -196,20 +195,11 @@ class RedisConnection(RespConnection):
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
-        client, self.client = self.client, None
-        if client is not None and self._given is None:
-            with anyio.CancelScope(shield=True):
-                await client.aclose()
 
     def _p(self) -> _Pool:
         if self._pool is None:
             raise StoreError("redis store is not connected")
         return self._pool
-
-    def _c(self) -> aioredis.Redis:
-        if self.client is None:
-            raise StoreError("redis store is not connected")
-        return self.client
 
     async def _call(self, args: Sequence[Any]) -> Any:
         """One command on a pooled connection; error replies raise ResponseError (connection kept)."""
