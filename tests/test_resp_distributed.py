@@ -426,6 +426,16 @@ async def test_a_due_delayed_instance_is_handed_before_a_newer_one(shared_url: s
         assert await store.queue_counts() == {"order": 1}
 
 
+async def _run_one_job(store: Store) -> Instance:
+    """A node on ``store`` runs one job to completion, with its history; returns the instance."""
+    async with Manager(store, num_workers=2) as mgr:
+        inst = await mgr.schedule_job(Job(kind="add", executor=lambda a, b: a + b), arguments=(2, 3))
+        done = await mgr.wait(inst, timeout=10)
+        assert (done.state, done.result) == (State.COMPLETED, 5)
+        assert [r.state for r in await mgr.lookup_instance_history(Query(instance=inst))][-1] is State.COMPLETED
+    return inst
+
+
 async def test_redis_store_takes_an_existing_client_whatever_its_reply_settings(redis_server: Server) -> None:
     """``client=``: the store uses the client's connection settings (here its database) for connections
     of its own, which decode replies and speak RESP2 whatever the client was built with."""
@@ -436,11 +446,7 @@ async def test_redis_store_takes_an_existing_client_whatever_its_reply_settings(
     store = RedisStore.from_url(f"redis://{redis_server.host}:{redis_server.port}/0", client=client,
                                 prefix=_prefix())
     try:
-        async with Manager(store, num_workers=2) as mgr:
-            inst = await mgr.schedule_job(Job(kind="add", executor=lambda a, b: a + b), arguments=(2, 3))
-            done = await mgr.wait(inst, timeout=10)
-            assert (done.state, done.result) == (State.COMPLETED, 5)
-            assert [r.state for r in await mgr.lookup_instance_history(Query(instance=inst))][-1] is State.COMPLETED
+        inst = await _run_one_job(store)
         # the records went to the client's database, 3
         assert await client.exists(f"{store.p}inst:{inst.uuid}".encode()) == 1
     finally:
@@ -458,10 +464,7 @@ async def test_valkey_store_takes_an_existing_glide_client(valkey_server: Server
     store = ValkeyStore.from_url(f"valkey://{valkey_server.host}:{valkey_server.port}/0", client=client,
                                  prefix=_prefix())
     try:
-        async with Manager(store, num_workers=2) as mgr:
-            inst = await mgr.schedule_job(Job(kind="add", executor=lambda a, b: a + b), arguments=(2, 3))
-            done = await mgr.wait(inst, timeout=10)
-            assert (done.state, done.result) == (State.COMPLETED, 5)
+        inst = await _run_one_job(store)
         assert await client.exists([f"{store.p}inst:{inst.uuid}"]) == 1  # still open, and it wrote there
     finally:
         await client.close()
