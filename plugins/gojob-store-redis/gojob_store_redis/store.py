@@ -1,68 +1,68 @@
-"""The Redis store: gojob_core.resp's layout and scripts over redis-py's asyncio client."""
+"""The Redis store: gojob_core.resp's layout and scripts over gojob's own RESP wire (``_wire``), with
+redis-py supplying TLS contexts and a given client's settings."""
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import anyio
 import redis.asyncio as aioredis
 from gojob_core import StoreError
 from gojob_core.resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
-from redis.exceptions import AuthenticationError, NoScriptError, RedisError, ResponseError
+
+from ._wire import Endpoint, ReplyError, Wire, open_wire, pack
 
 __all__ = ["RedisConnection", "RedisStore"]
 
-_log = logging.getLogger("gojob.redis")
-
 
 class _Subscription(RespSubscription):
-    """A redis-py connection of its own, subscribed, read directly (redis-py's PubSub object wraps
-    every read in health checks and a retry policy: a cost on each handed instance). After a
-    connection error the next read reconnects and subscribes again; what was published meanwhile
-    is lost, which the callers' safety nets (poll, heartbeat) cover."""
+    """A connection of its own (see ``_wire``), subscribed. After a connection error the next read
+    reconnects and subscribes again; what was published meanwhile is lost, which the callers' safety
+    nets (poll, heartbeat) cover."""
 
-    def __init__(self, make: Any, channels: Sequence[str], timeout: float) -> None:
-        self._make = make
+    def __init__(self, endpoint: Endpoint, channels: Sequence[str], timeout: float) -> None:
+        self._endpoint = endpoint
         self._channels = list(dict.fromkeys(channels))
         self._timeout = timeout
-        self._conn: Any = None
+        self._wire: Wire | None = None
 
     async def open(self) -> None:
         """Connect and subscribe, returning once the server confirmed: nothing published later is missed."""
-        conn = self._make()
+        wire: Wire | None = None
         try:
-            with anyio.fail_after(self._timeout):
-                await conn.connect()
-                await conn.send_packed_command(_pack(["SUBSCRIBE", *self._channels]), check_health=False)
-                left = len(self._channels)
-                while left > 0:
-                    reply = await conn.read_response(disconnect_on_error=False)
-                    if isinstance(reply, list) and reply and reply[0] == "subscribe":
-                        left -= 1
-        except (RedisError, OSError) as exc:
-            await _drop(conn)
-            raise StoreError(f"redis store: subscribe failed: {exc}") from exc
+            wire = await open_wire(self._endpoint, self._timeout)
+            wire.push(pack(["SUBSCRIBE", *self._channels]))
+            left = len(self._channels)
+            deadline = time.monotonic() + self._timeout
+            while left > 0:
+                reply = await wire.receive(deadline - time.monotonic())
+                if reply is None:
+                    raise TimeoutError(f"no confirmation within {self._timeout} s")
+                if isinstance(reply, list) and reply and reply[0] == "subscribe":
+                    left -= 1
+        except (ReplyError, OSError, TimeoutError) as exc:
+            if wire is not None:
+                wire.close()
+            raise StoreError(f"redis store: subscribe failed at {self._endpoint.address}: {exc}") from exc
         except BaseException:
-            await _drop(conn)
+            if wire is not None:
+                wire.close()
             raise
-        self._conn = conn
+        self._wire = wire
 
     async def next_message(self, timeout: float) -> tuple[str, str] | None:
-        if self._conn is None:
+        if self._wire is None:
             await self.open()
+        assert self._wire is not None
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
             try:
-                # a read that times out returns None and leaves the connection (and a message half
-                # read into the parser's buffer) as it was
-                reply = await self._conn.read_response(timeout=max(0.0, deadline - time.monotonic()),
-                                                       disconnect_on_error=False)
-            except (RedisError, OSError) as exc:
-                conn, self._conn = self._conn, None
-                await _drop(conn)
+                reply = await self._wire.receive(deadline - time.monotonic())
+            except (OSError, TimeoutError) as exc:
+                wire, self._wire = self._wire, None
+                wire.close()
                 raise StoreError(f"redis store: subscription interrupted: {exc}") from exc
             if reply is None:
                 return None
@@ -71,202 +71,140 @@ class _Subscription(RespSubscription):
             # anything else (a confirmation) is read past
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await _drop(conn)
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
 
 
-async def _drop(conn: Any) -> None:
-    """Close a connection, whatever state it is in."""
-    try:
-        with anyio.CancelScope(shield=True):
-            await conn.disconnect(nowait=True)
-    except Exception as exc:  # noqa: BLE001 - the connection is dropped either way
-        _log.debug("redis store: closing a connection: %r", exc)
-
-
-def _pack(args: Sequence[Any]) -> bytes:
-    """One command in RESP (arguments are str, bytes or numbers)."""
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-class _Pool:
-    """redis-py connection objects used directly: a free list under a cap, no per-call probe.
-
-    redis-py's client path (a pool checkout that probes the socket, the retry wrapper, response
-    callbacks) costs about 90 µs of CPU per call on this kind of machine, more than a script call
-    itself (about 65 µs); a job takes a few calls, so that path set the store's speed. The
-    connections are redis-py's own (RESP parsing, hiredis, TLS, AUTH, SELECT on connect).
-    A connection whose call failed or was cancelled mid-reply is closed, never reused.
-    """
-
-    def __init__(self, make: Any, max_connections: int, timeout: float) -> None:
-        self._make = make
-        self._idle: list[Any] = []
-        self._sem = anyio.Semaphore(max_connections)
-        self._timeout = timeout
-        self._closed = False
-
-    async def acquire(self) -> Any:
-        if self._closed:
-            raise StoreError("redis store is not connected")
-        try:
-            self._sem.acquire_nowait()
-        except anyio.WouldBlock:
-            with anyio.move_on_after(self._timeout) as scope:
-                await self._sem.acquire()
-            if scope.cancelled_caught:
-                raise StoreError(f"redis store: no free connection within {self._timeout} s "
-                                 f"(all in use; raise max_connections)") from None
-        conn = self._idle.pop() if self._idle else self._make()
-        if not conn.is_connected:
-            try:
-                await conn.connect()
-            except BaseException:
-                self._sem.release()
-                raise
-        return conn
-
-    async def release(self, conn: Any, reusable: bool) -> None:
-        if reusable and not self._closed:
-            self._idle.append(conn)
-            self._sem.release()
-            return
-        try:  # a half-read reply must not be read by the next call: drop the connection
-            await _drop(conn)
-        finally:
-            self._sem.release()
-
-    async def close(self) -> None:
-        self._closed = True
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            with anyio.CancelScope(shield=True):
-                await conn.disconnect()
+_AUTH_REPLIES = ("WRONGPASS", "NOAUTH", "NOPERM")
 
 
 class RedisConnection(RespConnection):
-    """redis-py asyncio: its connection objects driven directly, pooled for commands and scripts (see
-    ``_Pool``), one each for subscriptions. ``max_connections`` caps the connections for commands; a
-    call waits for a free one (up to the timeout) rather than failing."""
+    """Commands and scripts pipelined over one connection (see ``_wire``), reopened on the next call
+    after it failed; one connection for each subscription. Every call is bounded by ``timeout``."""
 
-    def __init__(self, options: RespOptions, *, client: aioredis.Redis | None = None,
-                 max_connections: int = 64) -> None:
+    def __init__(self, options: RespOptions, *, client: aioredis.Redis | None = None) -> None:
         self.options = options
         self._given = client
-        self._max = max_connections
-        self._pool: _Pool | None = None
-        self._make_sub: Any = None
+        self._endpoint: Endpoint | None = None
+        self._wire: Wire | None = None
+        self._opening: asyncio.Future[Wire] | None = None
+        self._closed = False
 
-    def _connection_settings(self) -> tuple[type[Any], dict[str, Any]]:
-        """The redis-py connection class and its arguments: a given client's, else the URL's."""
+    def _make_endpoint(self) -> Endpoint:
+        """Where to connect: a given client's settings, else the URL's. redis-py builds the TLS context
+        (certificate checks as its own ``rediss://`` connections make them)."""
         o = self.options
-        if self._given is not None:
-            cp = self._given.connection_pool
-            cls, kwargs = cp.connection_class, dict(cp.connection_kwargs)
-        else:
-            cls = aioredis.SSLConnection if o.tls else aioredis.Connection
-            kwargs = {"host": o.host, "port": o.port, "db": o.db, "username": o.username,
-                      "password": o.password, "socket_connect_timeout": o.connect_timeout}
-        # replies as text in RESP2 shapes, whatever a given client was built with; our calls are
-        # bounded by a cancel scope instead of socket_timeout (redis-py enforces that on a write by
-        # running it as a separate task, asyncio.wait_for: a cost on every call)
-        kwargs.update(decode_responses=True, protocol=2, socket_timeout=None)
-        return cls, kwargs
+        if self._given is None:
+            ctx = None
+            if o.tls:
+                ctx = aioredis.SSLConnection(host=o.host, port=o.port).ssl_context.get()
+            return Endpoint(host=o.host, port=o.port, ssl_context=ctx, username=o.username, password=o.password,
+                            db=o.db)
+        cp = self._given.connection_pool
+        kw = dict(cp.connection_kwargs)
+        username, password = kw.get("username"), kw.get("password")
+        provider = kw.get("credential_provider")
+        if provider is not None:
+            creds = provider.get_credentials()
+            username, password = (None, creds[0]) if len(creds) == 1 else (creds[0], creds[1])
+        ctx = None
+        if issubclass(cp.connection_class, aioredis.SSLConnection):
+            ctx = cp.connection_class(**kw).ssl_context.get()
+        return Endpoint(host=kw.get("host", "localhost"), port=int(kw.get("port", 6379)), path=kw.get("path"),
+                        ssl_context=ctx, username=username, password=password, db=int(kw.get("db") or 0))
+
+    async def _open(self) -> Wire:
+        assert self._endpoint is not None
+        return await open_wire(self._endpoint, self.options.connect_timeout)
 
     async def connect(self) -> None:
         o = self.options
-        cls, kwargs = self._connection_settings()
-        self._pool = _Pool(lambda: cls(**kwargs), self._max, o.timeout)
-        self._make_sub = lambda: cls(**kwargs)
+        self._endpoint = self._make_endpoint()
+        where = self._endpoint.address
         try:
-            await self.execute("PING")
-        except StoreError as exc:
-            if isinstance(exc.__cause__, AuthenticationError):
-                raise StoreError(f"redis store: authentication failed at {o.host}:{o.port}: "
-                                 f"{exc.__cause__}") from exc.__cause__
-            raise StoreError(f"redis store: cannot connect to {o.host}:{o.port}: {exc.__cause__ or exc}") from exc
+            self._wire = await self._open()
+        except ReplyError as exc:
+            if str(exc).startswith(_AUTH_REPLIES) or "AUTH" in str(exc).upper():
+                raise StoreError(f"redis store: authentication failed at {where}: {exc}") from exc
+            raise StoreError(f"redis store: cannot connect to {where}: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(f"redis store: cannot connect to {where} within {o.connect_timeout} s: "
+                             f"{exc or type(exc).__name__}") from exc
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
+        self._closed = True
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
 
-    def _p(self) -> _Pool:
-        if self._pool is None:
+    async def _live(self) -> Wire:
+        """The connection, reopened if the last one failed (concurrent callers share one attempt)."""
+        wire = self._wire
+        if wire is not None and not wire.closed:
+            return wire
+        if self._closed or self._endpoint is None:
             raise StoreError("redis store is not connected")
-        return self._pool
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+            self._opening.add_done_callback(self._opened)
+        return await asyncio.shield(self._opening)
+
+    def _opened(self, fut: asyncio.Future[Wire]) -> None:
+        self._opening = None
+        if not fut.cancelled() and fut.exception() is None:
+            if self._closed:
+                fut.result().close()
+            else:
+                self._wire = fut.result()
 
     async def _call(self, args: Sequence[Any]) -> Any:
-        """One command on a pooled connection; error replies raise ResponseError (connection kept)."""
-        pool = self._p()
-        conn = await pool.acquire()
-        ok = False
-        try:
-            with anyio.fail_after(self.options.timeout):
-                await conn.send_packed_command(_pack(args), check_health=False)
-                try:
-                    reply = await conn.read_response()
-                except ResponseError:
-                    ok = True  # the error reply was read whole: the connection is in step
-                    raise
-            ok = True
-            return reply
-        finally:
-            await pool.release(conn, ok)
+        """One command; an error reply raises ``ReplyError``, anything else ``OSError``/``TimeoutError``."""
+        wire = self._wire
+        if wire is None or wire.closed:
+            wire = await self._live()
+        reply = await wire.call(pack(args), self.options.timeout)
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
 
     async def execute(self, *args: Any) -> Any:
         try:
             return await self._call(args)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis store: {args[0]} failed: {exc}") from exc
+        except (ReplyError, OSError, TimeoutError) as exc:
+            raise StoreError(f"redis store: {args[0]} failed: {exc or type(exc).__name__}") from exc
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         if not commands:
             return []
-        pool = self._p()
         try:
-            conn = await pool.acquire()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis store: pipeline failed: {exc}") from exc
-        ok = False
-        replies: list[Any] = []
-        first_error: ResponseError | None = None
-        try:
-            with anyio.fail_after(self.options.timeout * max(1, len(commands) / 1000)):
-                await conn.send_packed_command(b"".join(_pack(c) for c in commands), check_health=False)
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response())
-                    except ResponseError as exc:  # keep reading: the other replies are on the wire
-                        first_error = first_error or exc
-                        replies.append(exc)
-            ok = True
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis store: pipeline failed: {exc}") from exc
-        finally:
-            await pool.release(conn, ok)
-        if first_error is not None:
-            raise StoreError(f"redis store: pipeline failed: {first_error}") from first_error
+            wire = await self._live()
+            replies = await wire.call_many(b"".join(pack(c) for c in commands), len(commands),
+                                           self.options.timeout * max(1, len(commands) / 1000))
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(f"redis store: pipeline failed: {exc or type(exc).__name__}") from exc
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise StoreError(f"redis store: pipeline failed: {reply}") from reply
         return replies
 
     async def run_script(self, sha: str, script: str, args: Sequence[Any]) -> Any:
         try:
             try:
                 return await self._call(("EVALSHA", sha, 0, *args))
-            except NoScriptError:
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
                 return await self._call(("EVAL", script, 0, *args))
-        except ResponseError as exc:
+        except ReplyError as exc:
             raise StoreError(f"redis store: script failed: {exc}") from exc
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis store: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(f"redis store: {exc or type(exc).__name__}") from exc
 
     async def subscribe(self, channels: Sequence[str]) -> RespSubscription:
-        sub = _Subscription(self._make_sub, channels, self.options.timeout)
+        if self._endpoint is None:
+            raise StoreError("redis store is not connected")
+        sub = _Subscription(self._endpoint, channels, self.options.timeout)
         await sub.open()
         return sub
 
@@ -287,6 +225,5 @@ class RedisStore(RespStore):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
         client = options.pop("client", None)
-        max_connections = options.pop("max_connections", 64)
         opts = parse_resp_url(url, {"redis": False, "rediss": True}, **options)
-        return cls(RedisConnection(opts, client=client, max_connections=max_connections), opts)
+        return cls(RedisConnection(opts, client=client), opts)
