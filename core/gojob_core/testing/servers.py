@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 
 __all__ = ["Server", "etcd_server", "find_etcd", "find_redis_server", "find_valkey_server", "free_port",
-           "redis_server", "start_etcd_server", "start_resp_server", "valkey_server"]
+           "redis_server", "self_signed_certificate", "start_etcd_server", "start_resp_server", "valkey_server"]
 
 
 def free_port() -> int:
@@ -110,11 +111,15 @@ def _spawn(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _resp_ping(port: int) -> bool:
+def _resp_ping(port: int, tls_ca: str | None = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
+            if tls_ca is None:
+                raw.sendall(b"PING\r\n")
+                return raw.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+            with ssl.create_default_context(cafile=tls_ca).wrap_socket(raw, server_hostname="127.0.0.1") as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -132,21 +137,29 @@ def _wait_ready(server: Server, ready: Callable[[], bool], timeout: float = 15.0
     raise RuntimeError(f"{server.binary} did not start on port {server.port}:\n{log}")
 
 
-def start_resp_server(binary: str, workdir: Path, *, password: str | None = None, persist: bool = False) -> Server:
-    """Start redis-server or valkey-server on a free loopback port (retrying a raced port)."""
+def start_resp_server(binary: str, workdir: Path, *, password: str | None = None, persist: bool = False,
+                      tls: tuple[str, str] | None = None) -> Server:
+    """Start redis-server or valkey-server on a free loopback port (retrying a raced port).
+
+    ``tls=(certificate, key)`` (PEM files, see :func:`self_signed_certificate`): the port speaks TLS
+    only, with that certificate; clients are not asked for one."""
     workdir.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for _ in range(3):
         port = free_port()
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--daemonize", "no",
                 "--loglevel", "warning", "--protected-mode", "yes"]
+        if tls:
+            argv[1:3] = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1],
+                         "--tls-ca-cert-file", tls[0], "--tls-auth-clients", "no"]
         argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""] if persist else \
             ["--save", "", "--appendonly", "no"]
         if password:
             argv += ["--requirepass", password]
-        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv)
+        probe = (lambda p: _resp_ping(p, tls[0])) if tls else None
+        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe)
         try:
-            _wait_ready(server, lambda: _resp_ping(port))
+            _wait_ready(server, lambda: (probe or _resp_ping)(port))
             return server
         except RuntimeError as exc:
             last = exc
@@ -187,6 +200,49 @@ def start_etcd_server(binary: str, workdir: Path) -> Server:
         except RuntimeError as exc:
             last = exc
     raise RuntimeError(f"could not start {binary}: {last}")
+
+
+def self_signed_certificate(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate for localhost and 127.0.0.1 and its key, as PEM files in ``directory``
+    (made with the ``cryptography`` package if installed, else the ``openssl`` command)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        _cert_with_cryptography(cert, key)
+    except ImportError:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise RuntimeError("a test certificate needs the 'cryptography' package or the openssl command") from None
+        subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+    return str(cert), str(key)
+
+
+def _cert_with_cryptography(cert: Path, key: Path) -> None:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    pk = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = dt.datetime.now(dt.UTC)
+    crt = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(pk.public_key())
+           .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+           .not_valid_after(now + dt.timedelta(days=2))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                          critical=False)
+           .sign(pk, hashes.SHA256()))
+    cert.write_bytes(crt.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(pk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
 
 
 def _require(binary: str | None, what: str, hint: str) -> str:

@@ -128,9 +128,11 @@ class RedisConnection(RespConnection):
             if str(exc).startswith(_AUTH_REPLIES) or "AUTH" in str(exc).upper():
                 raise StoreError(f"redis store: authentication failed at {where}: {exc}") from exc
             raise StoreError(f"redis store: cannot connect to {where}: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
-            raise StoreError(f"redis store: cannot connect to {where} within {o.connect_timeout} s: "
-                             f"{exc or type(exc).__name__}") from exc
+        except TimeoutError as exc:
+            raise StoreError(f"redis store: cannot connect to {where}: no answer within {o.connect_timeout} s") \
+                from exc
+        except OSError as exc:
+            raise StoreError(f"redis store: cannot connect to {where}: {exc}") from exc
 
     async def close(self) -> None:
         self._closed = True
@@ -181,7 +183,7 @@ class RedisConnection(RespConnection):
             wire = await self._live()
             replies = await wire.call_many(b"".join(pack(c) for c in commands), len(commands),
                                            self.options.timeout * max(1, len(commands) / 1000))
-        except (OSError, TimeoutError) as exc:
+        except (ReplyError, OSError, TimeoutError) as exc:  # ReplyError: refused on reconnecting
             raise StoreError(f"redis store: pipeline failed: {exc or type(exc).__name__}") from exc
         for reply in replies:
             if isinstance(reply, ReplyError):
