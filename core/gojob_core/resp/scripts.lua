@@ -14,23 +14,23 @@ local function jstr(s)
 end
 -- State records are collected during a script and written by flush() at its end, a few ZADDs for
 -- all of them (one call per key costs far less than one per record).
-local HN, HG, HI, HORDER = 0, {}, {}, {}
+local HN, HG, HI, HORDER, HHEAD = 0, {}, {}, {}, {}
 local function hist(uuid, kind, state, ts, attempt, node, detail)
   -- records written by one script call keep their order: each is a microsecond after the previous
   HN = HN + 1
   ts = ts + HN * 1e-6
   local score = string.format('%.6f', ts)
-  local rec = '{"uuid":' .. cjson.encode(uuid) .. ',"kind":' .. cjson.encode(kind) .. ',"state":"' .. state ..
-    '","ts":' .. score .. ',"attempt":' .. (attempt or 0) .. ',"node":' .. jstr(node) ..
-    ',"detail":' .. jstr(detail) .. '}'
-  HG[#HG + 1] = score
-  HG[#HG + 1] = rec
   local per = HI[uuid]
   if per == nil then
     per = {}
     HI[uuid] = per
     HORDER[#HORDER + 1] = uuid
+    HHEAD[uuid] = '{"uuid":' .. cjson.encode(uuid) .. ',"kind":' .. cjson.encode(kind) .. ',"state":"'
   end
+  local rec = HHEAD[uuid] .. state .. '","ts":' .. score .. ',"attempt":' .. (attempt or 0) .. ',"node":' ..
+    jstr(node) .. ',"detail":' .. jstr(detail) .. '}'
+  HG[#HG + 1] = score
+  HG[#HG + 1] = rec
   per[#per + 1] = score
   per[#per + 1] = rec
 end
@@ -43,7 +43,7 @@ local function flush()
   if #HG > 0 then
     zadd_all(P .. 'hist', HG)
     for _, uuid in ipairs(HORDER) do zadd_all(P .. 'hist:i:' .. uuid, HI[uuid]) end
-    HG, HI, HORDER = {}, {}, {}
+    HG, HI, HORDER, HHEAD = {}, {}, {}, {}
   end
 end
 local function ready_member(ready_ts, seq, uuid)
@@ -235,9 +235,7 @@ for k = 1, n do
   if redis.call('EXISTS', key) == 1 or (chained and sid ~= '' and redis.call('SISMEMBER', P .. 'sched:canceled', sid) == 1) then
     out[k] = 0
   else
-    local seq = redis.call('INCR', P .. 'seq')
-    local h = {'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'seq', tostring(seq),
-               'max_retries', retries}
+    local h = {'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'max_retries', retries}
     if sid ~= '' then
       if not chained then redis.call('SREM', P .. 'sched:canceled', sid) end
       redis.call('SADD', P .. 'sched:' .. sid, uuid)
@@ -271,6 +269,8 @@ for k = 1, n do
       end
       list[#list + 1] = h
     else
+      local seq = redis.call('INCR', P .. 'seq')  -- FIFO order among the queued (a handed one needs none)
+      h[#h + 1] = 'seq'; h[#h + 1] = tostring(seq)
       h[#h + 1] = 'state'; h[#h + 1] = 'SCHEDULED'
       redis.call('HSET', key, unpack(h))
       redis.call('HINCRBY', P .. 'queued', kind, 1)

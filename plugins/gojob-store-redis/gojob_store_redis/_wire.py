@@ -68,7 +68,10 @@ class Wire(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ReplyError, encoding="utf-8", errors="replace",
                                       notEnoughData=False)
         self._push = False
-        self._waiters: deque[asyncio.Future[Any]] = deque()
+        # (reply future, deadline on the loop's clock, timeout) of each request not yet answered
+        self._waiters: deque[tuple[asyncio.Future[Any], float, float]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watch_at = 0.0
         self._messages: deque[Any] = deque()
         self._message_waiter: asyncio.Future[None] | None = None
         self._transport: asyncio.Transport | None = None
@@ -88,7 +91,7 @@ class Wire(asyncio.Protocol):
                 if self._push:
                     self._messages.append(reply)
                 else:
-                    fut = self._waiters.popleft()
+                    fut = self._waiters.popleft()[0]
                     if not fut.done():  # else its caller gave up: the reply is dropped, the order kept
                         fut.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbage, or a reply nobody asked for
@@ -115,8 +118,11 @@ class Wire(asyncio.Protocol):
             self._lost = exc
         if self._transport is not None:
             self._transport.abort()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._waiters:
-            fut = self._waiters.popleft()
+            fut = self._waiters.popleft()[0]
             if not fut.done():
                 fut.set_exception(exc)
         for fut in (self._message_waiter, self._paused):
@@ -131,39 +137,48 @@ class Wire(asyncio.Protocol):
     def close(self) -> None:
         self._fail(ConnectionError("connection closed"))
 
-    def _send(self, data: bytes, n: int) -> list[asyncio.Future[Any]]:
+    def _send(self, data: bytes, n: int, timeout: float) -> list[asyncio.Future[Any]]:
         if self._lost is not None:
             raise self._lost
         assert self._transport is not None
+        deadline = self._loop.time() + timeout
         futs = [self._loop.create_future() for _ in range(n)]
-        self._waiters.extend(futs)
+        self._waiters.extend((f, deadline, timeout) for f in futs)
         self._transport.write(data)
+        if self._watchdog is None or deadline < self._watch_at:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watch_at = deadline
+            self._watchdog = self._loop.call_at(deadline, self._watch)
         return futs
 
-    def _expire(self, timeout: float) -> None:
-        self._fail(TimeoutError(f"no reply within {timeout} s"))
+    def _watch(self) -> None:
+        """The deadlines of unanswered requests, checked by one timer per connection (a timer per call
+        cost about 5 µs of CPU per round trip): a request past its own fails the connection."""
+        self._watchdog = None
+        now, first = self._loop.time(), None
+        for fut, deadline, timeout in self._waiters:
+            if fut.done():  # its caller gave up; the reply, when it comes, is dropped
+                continue
+            if deadline <= now:
+                self._fail(TimeoutError(f"no reply within {timeout} s"))
+                return
+            first = deadline if first is None else min(first, deadline)
+        if first is not None:
+            self._watch_at = first
+            self._watchdog = self._loop.call_at(first, self._watch)
 
     async def call(self, data: bytes, timeout: float) -> Any:
         """Send one packed request; its reply (a ``ReplyError`` is returned, not raised)."""
         if self._paused is not None:
             await self._paused
-        fut = self._send(data, 1)[0]
-        timer = self._loop.call_later(timeout, self._expire, timeout)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        return await self._send(data, 1, timeout)[0]
 
     async def call_many(self, data: bytes, n: int, timeout: float) -> list[Any]:
         """Send ``n`` packed requests at once; their replies in order."""
         if self._paused is not None:
             await self._paused
-        futs = self._send(data, n)
-        timer = self._loop.call_later(timeout, self._expire, timeout)
-        try:
-            return [await f for f in futs]
-        finally:
-            timer.cancel()
+        return [await f for f in self._send(data, n, timeout)]
 
     def push(self, data: bytes) -> None:
         """Send ``data`` (SUBSCRIBE) and switch to push mode for good: every reply from now on is a
