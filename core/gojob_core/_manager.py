@@ -119,6 +119,9 @@ class _FinishBatcher:
                     # the other workers that finish in this same turn of the event loop join the
                     # batch (a store in this process gains nothing from waiting for them)
                     await anyio.lowlevel.checkpoint()
+                    linger = m.store.FINISH_LINGER
+                    if linger > 0 and m._in_flight < m._target and len(self._pending) < m._target:
+                        await anyio.sleep(linger)
                 while self._pending:
                     cap = max(1, (m._target + 1) // 2) if split else len(self._pending)
                     batch, self._pending = self._pending[:cap], self._pending[cap:]

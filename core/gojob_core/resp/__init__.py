@@ -172,6 +172,9 @@ class RespStore(Store):
 
     name = "resp"
     FINISH_MODE = "split"
+    # a node fed one instance at a time writes one finish per two or three jobs instead of one per
+    # job: seq benchmark +6-8 %, worker and server CPU per job -15-20 % (bench/results/resp-2026-11-25-s3.md)
+    FINISH_LINGER = 0.001
 
     def __init__(self, connection: RespConnection, options: RespOptions) -> None:
         self.conn = connection

@@ -60,9 +60,20 @@ async def test_watch_and_wait_end_when_the_node_stops() -> None:
                 except RpcError as exc:
                     errors.append(exc)
 
+            # stop only once the node is inside the wait (a fixed sleep lost that race on a loaded machine)
+            waiting = anyio.Event()
+            real_wait = mgr.wait
+
+            async def observed_wait(*args: Any, **kwargs: Any) -> Any:
+                waiting.set()
+                return await real_wait(*args, **kwargs)
+
+            mgr.wait = observed_wait  # type: ignore[method-assign]
             async with c.watch_instances() as events:
                 tg.start_soon(wait_for_it)
-                await anyio.sleep(0.2)
+                with anyio.fail_after(10):
+                    await waiting.wait()
+                await anyio.sleep(0.05)
                 await mgr.stop()
                 with pytest.raises(UnavailableError, match="stopping"):
                     async for _ in events:
