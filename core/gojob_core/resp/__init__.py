@@ -43,6 +43,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -80,20 +81,37 @@ class RespOptions:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, db: int = 0, username: str | None = None,
                  password: str | None = None, tls: bool = False, prefix: str = "gojob:",
-                 timeout: float = 5.0, connect_timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, connect_timeout: float = 5.0, ca_file: str | None = None,
+                 cert_file: str | None = None, key_file: str | None = None) -> None:
         self.host, self.port, self.db = host, port, db
         self.username, self.password, self.tls = username, password, tls
         self.prefix, self.timeout, self.connect_timeout = prefix, timeout, connect_timeout
+        #: TLS: the CA certificates to trust instead of the system's (PEM), and a client certificate
+        self.ca_file, self.cert_file, self.key_file = ca_file, cert_file, key_file
 
     def __repr__(self) -> str:  # never show the password
         return (f"RespOptions(host={self.host!r}, port={self.port}, db={self.db}, tls={self.tls}, "
                 f"prefix={self.prefix!r})")
 
+    def read_tls_files(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The contents of ``ca_file``, ``cert_file`` and ``key_file`` (None where not given)."""
+        out: list[bytes | None] = []
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            out.append(None if path is None else Path(path).read_bytes())
+        return out[0], out[1], out[2]
+
+
+_TLS_FILES = {"ca": "ca_file", "ca_file": "ca_file", "cert": "cert_file", "cert_file": "cert_file",
+              "key": "key_file", "key_file": "key_file"}
+
 
 def parse_resp_url(url: str, schemes: dict[str, bool], **options: Any) -> RespOptions:
-    """Parse ``scheme://[user:password@]host[:port][/db][?prefix=..&timeout=..]``.
+    """Parse ``scheme://[user:password@]host[:port][/db][?prefix=..&timeout=..&ca=..&cert=..&key=..]``.
 
     ``schemes`` maps each accepted scheme to whether it means TLS. Keyword options override the URL.
+    ``ca``, ``cert`` and ``key`` (PEM files: CA certificates to trust, a client certificate and its
+    key) need a TLS scheme and must be readable files.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -108,7 +126,7 @@ def parse_resp_url(url: str, schemes: dict[str, bool], **options: Any) -> RespOp
     if path and not path.isdigit():
         raise ValueError(f"store URL {url!r}: the path must be a database number, got {path!r}")
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    known = {"prefix", "timeout", "connect_timeout"}
+    known = {"prefix", "timeout", "connect_timeout", *_TLS_FILES}
     if unknown := set(query) - known:
         raise ValueError(f"store URL {url!r}: unknown parameter(s) {sorted(unknown)} (known: {sorted(known)})")
     kw: dict[str, Any] = {
@@ -119,6 +137,9 @@ def parse_resp_url(url: str, schemes: dict[str, bool], **options: Any) -> RespOp
     }
     if "prefix" in query:
         kw["prefix"] = query["prefix"]
+    for name, target in _TLS_FILES.items():
+        if name in query:
+            kw[target] = query[name]
     for name in ("timeout", "connect_timeout"):
         if name in query:
             try:
@@ -126,7 +147,18 @@ def parse_resp_url(url: str, schemes: dict[str, bool], **options: Any) -> RespOp
             except ValueError:
                 raise ValueError(f"store URL {url!r}: {name} must be seconds, got {query[name]!r}") from None
     kw.update(options)
-    return RespOptions(**kw)
+    opts = RespOptions(**kw)
+    given = [n for n in ("ca_file", "cert_file", "key_file") if getattr(opts, n) is not None]
+    if given and not opts.tls:
+        tls_schemes = sorted(k for k, v in schemes.items() if v)
+        raise ValueError(f"store URL {url!r}: {', '.join(given)} need TLS: use {' or '.join(tls_schemes)}://")
+    if (opts.cert_file is None) != (opts.key_file is None):
+        raise ValueError(f"store URL {url!r}: a client certificate needs both cert and key")
+    for name in given:
+        path = getattr(opts, name)
+        if not Path(path).is_file():
+            raise ValueError(f"store URL {url!r}: {name} {path!r} is not a readable file")
+    return opts
 
 
 class RespSubscription(abc.ABC):

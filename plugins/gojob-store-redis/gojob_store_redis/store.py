@@ -4,6 +4,7 @@ redis-py supplying TLS contexts and a given client's settings."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -92,13 +93,14 @@ class RedisConnection(RespConnection):
         self._closed = False
 
     def _make_endpoint(self) -> Endpoint:
-        """Where to connect: a given client's settings, else the URL's. redis-py builds the TLS context
-        (certificate checks as its own ``rediss://`` connections make them)."""
+        """Where to connect: a given client's settings (redis-py builds its TLS context), else the URL's."""
         o = self.options
         if self._given is None:
             ctx = None
-            if o.tls:
-                ctx = aioredis.SSLConnection(host=o.host, port=o.port).ssl_context.get()
+            if o.tls:  # the server's certificate and name checked, against the given CAs or the system's
+                ctx = ssl.create_default_context(cafile=o.ca_file)
+                if o.cert_file is not None:
+                    ctx.load_cert_chain(o.cert_file, o.key_file)
             return Endpoint(host=o.host, port=o.port, ssl_context=ctx, username=o.username, password=o.password,
                             db=o.db)
         cp = self._given.connection_pool

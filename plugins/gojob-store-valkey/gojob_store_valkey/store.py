@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import anyio
 from glide import (
+    AdvancedGlideClientConfiguration,
     Batch,
     GlideClient,
     GlideClientConfiguration,
@@ -22,6 +23,7 @@ from glide import (
     ProtocolVersion,
     Script,
     ServerCredentials,
+    TlsAdvancedConfiguration,
 )
 from gojob_core import StoreError
 from gojob_core.resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
@@ -95,10 +97,15 @@ class ValkeyConnection(RespConnection):
             modes = GlideClientConfiguration.PubSubChannelModes
             subs = GlideClientConfiguration.PubSubSubscriptions({modes.Exact: set(subscribe)},
                                                                 sub.on_message if sub else None, None)
+        advanced = None
+        if o.tls and (o.ca_file or o.cert_file):
+            ca, cert, key = o.read_tls_files()
+            advanced = AdvancedGlideClientConfiguration(tls_config=TlsAdvancedConfiguration(
+                root_pem_cacerts=ca, client_cert_pem=cert, client_key_pem=key))
         return GlideClientConfiguration([NodeAddress(o.host, o.port)], use_tls=o.tls, credentials=creds,
                                         request_timeout=int(o.timeout * 1000), database_id=o.db or None,
                                         client_name="gojob", protocol=ProtocolVersion.RESP3,
-                                        pubsub_subscriptions=subs)
+                                        pubsub_subscriptions=subs, advanced_config=advanced)
 
     async def _create(self, subscribe: Sequence[str] = (), sub: _Subscription | None = None) -> GlideClient:
         o = self.options
