@@ -428,20 +428,39 @@ def range_request(key: bytes, end: bytes = b"", *, limit: int = 0, desc: bool = 
     return req
 
 
+# The helpers below fill a RequestOp's inner message in place: with upb, a message given to a
+# constructor is copied, and the nested transactions of a batch copied every operation three times
+# (building a claim's or a finish's transaction took 14.6 µs instead of 8.8).
 def op_range(key: bytes, end: bytes = b"", **kw: Any) -> Any:
-    return RequestOp(request_range=range_request(key, end, **kw))
+    op = RequestOp()
+    op.request_range.CopyFrom(range_request(key, end, **kw))
+    return op
 
 
 def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
-    return RequestOp(request_put=PutRequest(key=key, value=value, lease=lease))
+    op = RequestOp()
+    put = op.request_put
+    put.key = key
+    put.value = value
+    if lease:
+        put.lease = lease
+    return op
 
 
 def op_delete(key: bytes) -> Any:
-    return RequestOp(request_delete_range=DeleteRangeRequest(key=key))
+    op = RequestOp()
+    op.request_delete_range.key = key
+    return op
 
 
 def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any] = ()) -> Any:
-    return RequestOp(request_txn=TxnRequest(compare=compare, success=success, failure=failure))
+    op = RequestOp()
+    txn = op.request_txn
+    txn.compare.extend(compare)
+    txn.success.extend(success)
+    if failure:
+        txn.failure.extend(failure)
+    return op
 
 
 def mod_is(key: bytes, revision: int) -> Any:
