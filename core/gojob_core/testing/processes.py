@@ -116,3 +116,4 @@ async def record(i: int) -> None:
 
 async def block(instance: Instance) -> str:
     raise AssertionError("the block job runs in the worker processes only")
+
