@@ -63,7 +63,7 @@ class _LingeringStore(MemoryStore):
         return await super().finish_and_claim(node, outcomes, limit, lease)
 
 
-async def test_a_node_with_free_slots_lingers_and_writes_close_finishes_together() -> None:
+async def test_a_node_the_queue_has_nothing_for_lingers_and_writes_close_finishes_together() -> None:
     store = _LingeringStore()
     async with Manager(store, num_workers=10) as mgr:
         job = Job(kind="echo", executor=lambda i: i)
@@ -76,7 +76,7 @@ async def test_a_node_with_free_slots_lingers_and_writes_close_finishes_together
     assert sum(store.writes) == 5 and len(store.writes) <= 2, store.writes
 
 
-async def test_a_saturated_node_writes_its_finishes_without_lingering() -> None:
+async def test_a_node_with_work_waiting_writes_its_finishes_without_lingering() -> None:
     store = _LingeringStore()
     async with Manager(store, num_workers=1) as mgr:
         job = Job(kind="echo", executor=lambda i: i)
@@ -85,4 +85,4 @@ async def test_a_saturated_node_writes_its_finishes_without_lingering() -> None:
         done = [await mgr.wait(inst, timeout=5) for inst in insts]
         elapsed = time.monotonic() - t
     assert [d.result for d in done] == [0, 1, 2, 3, 4]
-    assert elapsed < 0.5, f"5 instances on a full pool took {elapsed:.2f} s: finishes lingered (0.2 s each)"
+    assert elapsed < 0.5, f"5 queued instances on one worker took {elapsed:.2f} s: finishes lingered (0.2 s each)"

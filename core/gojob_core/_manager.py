@@ -119,8 +119,10 @@ class _FinishBatcher:
                     # the other workers that finish in this same turn of the event loop join the
                     # batch (a store in this process gains nothing from waiting for them)
                     await anyio.lowlevel.checkpoint()
+                    # linger only while the queue has nothing for this node: an early write would
+                    # claim nothing, and a node with work waiting writes at once to claim it
                     linger = m.store.FINISH_LINGER
-                    if linger > 0 and m._in_flight < m._target and len(self._pending) < m._target:
+                    if linger > 0 and m._starved and len(self._pending) < m._target:
                         await anyio.sleep(linger)
                 while self._pending:
                     cap = max(1, (m._target + 1) // 2) if split else len(self._pending)
@@ -161,6 +163,8 @@ class _FinishBatcher:
             free = 0 if m._stopping else m._target - m._in_flight + freed - m._reserved
             oks, claimed = await m.store.finish_and_claim(m.node_id, [o for o, _ in batch], max(0, free),
                                                           m.lease_time)
+            if free > 0:
+                m._starved = len(claimed) < free
             m._dispatch(claimed)
         except Exception as exc:
             for _, s in batch:
@@ -245,6 +249,7 @@ class Manager:
         self._running: dict[str, _Running] = {}
         self._in_flight = 0
         self._reserved = 0
+        self._starved = False  # the last claim got fewer instances than it asked for (see FINISH_LINGER)
         self._capacity: anyio.Event | None = None
         self._idle: anyio.Event | None = None
         self._log_buffer: list[LogRecord] = []
@@ -746,6 +751,7 @@ class Manager:
                 continue
             finally:
                 self._reserved = 0
+            self._starved = len(insts) < free  # the queue had less than this node could take
             if not insts:
                 continue
             if self._stopping:

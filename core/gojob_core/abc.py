@@ -94,10 +94,10 @@ class Store(abc.ABC):
     #:   (long round trips: etcd). The instance stays the node's (lease kept alive, a graceful stop
     #:   waits for it) until its write is answered.
     FINISH_MODE: ClassVar[str] = "handoff"
-    #: Seconds a ``"split"`` write waits for more outcomes while the node has free slots (it then holds
-    #: nothing another instance could use). Fewer, larger writes cost the node and the server less CPU
-    #: and round trips; a saturated node never waits (its write frees the slots it needs). The
-    #: instances' end is recorded that much later; their start is not delayed.
+    #: Seconds a ``"split"`` write waits for more outcomes while the queue has nothing for the node (its
+    #: last claim got fewer instances than it asked for, so an early write would claim nothing). Fewer,
+    #: larger writes cost the node and the server less CPU and round trips; a node with work waiting
+    #: never waits. The instances' end is recorded that much later; their start is not delayed.
     FINISH_LINGER: ClassVar[float] = 0.0
 
     #: The store's name, shown in logs and ``jobctl``.
