@@ -150,6 +150,52 @@ def test_plugin_claiming_memory_conflicts_with_the_builtin() -> None:
     assert "MemoryStore" in str(info.value)
 
 
+def test_loading_the_installed_plugins_imports_no_client_library() -> None:
+    """Every Manager loads every installed plugin: the store plugins stand in with lazy_store, so a
+    Manager on the memory store imports neither valkey-glide, redis-py, grpc nor aetcd."""
+    import subprocess
+
+    code = ("import sys, gojob_core; gojob_core.Manager('memory://'); "
+            "print(sorted(m for m in ('glide', 'redis', 'hiredis', 'grpc', 'aetcd') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_lazy_store_imports_its_class_when_a_url_names_it(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from gojob_core.abc import lazy_store
+
+    (tmp_path / "lazy_pkg_for_test").mkdir()
+    (tmp_path / "lazy_pkg_for_test" / "__init__.py").write_text("")
+    (tmp_path / "lazy_pkg_for_test" / "real.py").write_text(textwrap.dedent("""
+        from gojob_core import MemoryStore
+
+        class RealStore(MemoryStore):
+            SCHEMES = ("lazyx",)
+
+            @classmethod
+            def from_url(cls, url, **options):
+                store = cls()
+                store.built_from = (url, options)
+                return store
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stand_in = lazy_store("lazy_pkg_for_test.real:RealStore", schemes=("lazyx",), name="lazyx")
+
+    class LazyPlugin:
+        @hookimpl
+        def gojob_register_stores(self) -> list[type[gojob_core.Store]]:
+            return [stand_in]
+
+    assert "lazy_pkg_for_test.real" not in sys.modules
+    mgr = Manager(store="lazyx://somewhere?x=1", store_options={"opt": 2}, plugins=[LazyPlugin()],
+                  autoload_plugins=False)
+    assert type(mgr.store).__name__ == "RealStore"
+    assert mgr.store.built_from == ("lazyx://somewhere?x=1", {"opt": 2})  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="package.module:Class"):
+        lazy_store("no_colon_here", schemes=("x",), name="x")
+
+
 # -- per-instance events -------------------------------------------------------------------------------------------
 class StateRecorder:
     def __init__(self) -> None:

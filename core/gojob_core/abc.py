@@ -36,7 +36,7 @@ from ._instance import Instance
 from ._records import LogRecord, Query, StateRecord
 from ._state import State
 
-__all__ = ["CorruptRecord", "LeaseReport", "Outcome", "Store"]
+__all__ = ["CorruptRecord", "LeaseReport", "Outcome", "Store", "lazy_store"]
 
 
 class Outcome(NamedTuple):
@@ -288,3 +288,30 @@ class Store(abc.ABC):
     async def corrupt_records(self) -> list[CorruptRecord]:
         """Records set aside because they could not be decoded (the default store has none)."""
         return []
+
+
+def lazy_store(target: str, *, schemes: tuple[str, ...], name: str,
+               anyio_backends: tuple[str, ...] = ("asyncio", "trio")) -> type[Store]:
+    """A stand-in for a store class, for a plugin's ``gojob_register_stores``: it declares the URL
+    schemes, and imports ``target`` (``"package.module:Class"``) only when a Manager is given one of
+    them, through its ``from_url``.
+
+    Every Manager loads every installed plugin: a plugin module that imports its store (and with it
+    the client library) makes every Manager pay for it, whatever store it uses (valkey-glide and
+    redis-py took about 0.3 s of a Manager's creation together).
+    """
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"lazy_store target must be 'package.module:Class', got {target!r}")
+
+    def from_url(cls: type[Store], url: str, **options: Any) -> Store:
+        import importlib
+
+        real: type[Store] = getattr(importlib.import_module(module), attr)
+        return real.from_url(url, **options)
+
+    return type(f"Lazy{attr}", (Store,), {
+        "__doc__": f"Stands for {target} in the scheme registry; from_url imports and builds it.",
+        "__module__": module.rpartition(".")[0] or module,
+        "SCHEMES": tuple(schemes), "ANYIO_BACKENDS": tuple(anyio_backends), "name": name,
+        "from_url": classmethod(from_url)})

@@ -6,23 +6,11 @@ when a Manager is given an etcd URL.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 from gojob_core import Store, hookimpl
+from gojob_core.abc import lazy_store
 
-
-class EtcdStoreFactory(Store):
-    """Stands for :class:`gojob_store_etcd.EtcdStore` in the scheme registry; ``from_url`` builds one."""
-
-    SCHEMES: ClassVar[tuple[str, ...]] = ("etcd", "etcds")
-    ANYIO_BACKENDS: ClassVar[tuple[str, ...]] = ("asyncio",)
-    name = "etcd"
-
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> Store:
-        from .store import EtcdStore
-
-        return EtcdStore.from_url(url, **options)
+EtcdStoreFactory = lazy_store("gojob_store_etcd.store:EtcdStore", schemes=("etcd", "etcds"), name="etcd",
+                              anyio_backends=("asyncio",))
 
 
 @hookimpl
