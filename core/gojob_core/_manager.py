@@ -759,6 +759,9 @@ class Manager:
                     await store.release(node, [i.uuid for i in insts])
                 return
             self._dispatch(insts)
+            # let the workers start them before this loop asks the store again (its next call's
+            # bookkeeping, or a round trip, would otherwise come first)
+            await anyio.lowlevel.checkpoint()
 
     def _dispatch(self, insts: list[Instance]) -> None:
         """Hand claimed instances to the workers (they count against the pool at once)."""
