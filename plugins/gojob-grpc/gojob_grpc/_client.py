@@ -6,6 +6,7 @@ It returns the core's own types (:class:`gojob_core.Instance`, :class:`~gojob_co
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as _dt
 import decimal
@@ -33,7 +34,7 @@ from ._convert import (
     state_to_pb,
     ts_to_pb,
 )
-from .errors import RpcError, from_grpc
+from .errors import RpcError, UnavailableError, from_grpc
 from .proto.gojob.v1 import jobs_pb2 as pb
 from .proto.gojob.v1 import jobs_pb2_grpc as pb_grpc
 
@@ -174,6 +175,9 @@ class Client:
                                 metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
+        except asyncio.CancelledError:
+            _reraise_if_caller_cancelled()
+            raise _cut_off(name) from None
 
     # -- the node --------------------------------------------------------------------------------------
     async def health(self) -> NodeInfo:
@@ -344,6 +348,9 @@ class InstanceWatch:
             m = await self._call.read()
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
+        except asyncio.CancelledError:
+            _reraise_if_caller_cancelled()
+            raise _cut_off("WatchInstances") from None
         if m is grpc.aio.EOF:
             raise StopAsyncIteration
         return InstanceEvent(uuid=m.uuid, kind=m.kind, state=state_from_pb(m.state),
@@ -352,6 +359,20 @@ class InstanceWatch:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+def _reraise_if_caller_cancelled() -> None:
+    """Inside ``except CancelledError``: re-raise it if the calling task is being cancelled."""
+    task = asyncio.current_task()
+    if task is None or task.cancelling():
+        raise  # noqa: PLE0704 - called from an except block: re-raises the CancelledError being handled
+
+
+def _cut_off(name: str) -> UnavailableError:
+    """grpc.aio ends a call with CancelledError when the node's server tears it down while stopping
+    (seen under load); the caller was not cancelled, so it gets the error a stopping node gives."""
+    return UnavailableError(grpc.StatusCode.UNAVAILABLE,
+                            f"{name}: the node ended the call (it is stopping, or the connection broke)")
+
+
 def _workers(r: pb.Workers) -> WorkersInfo:
     return WorkersInfo(num_workers=r.num_workers, running=r.running, node_id=r.node_id)
 

@@ -201,3 +201,33 @@ async def test_client_checks_before_sending() -> None:
             await c.schedule("sum", (1, 2), schedule_at="tomorrow")  # type: ignore[arg-type]
     with pytest.raises(RuntimeError, match="not connected"):
         await Client("127.0.0.1:1").health()
+
+
+async def test_a_call_the_node_tears_down_is_unavailable_not_a_cancel_of_the_caller() -> None:
+    """grpc.aio ends a call with CancelledError when a stopping node's server tears it down (seen under
+    load). The caller was not cancelled: it must get UnavailableError, not a CancelledError that looks
+    like its own cancellation. A caller that is itself cancelled still gets the cancellation."""
+    import asyncio
+
+    client = Client("127.0.0.1:1")
+
+    async def torn_down(request: object, **kwargs: object) -> None:
+        raise asyncio.CancelledError
+
+    client._method = lambda name: torn_down  # type: ignore[method-assign,assignment,return-value]
+    with pytest.raises(UnavailableError, match="Wait: the node ended the call"):
+        await client.wait("some-uuid")
+
+    started = anyio.Event()
+
+    async def hangs(request: object, **kwargs: object) -> None:
+        started.set()
+        await anyio.sleep(30)
+
+    client._method = lambda name: hangs  # type: ignore[method-assign,assignment,return-value]
+    with anyio.move_on_after(5) as outer:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.wait, "some-uuid")
+            await started.wait()
+            tg.cancel_scope.cancel()  # the caller's own cancellation passes through untouched
+    assert not outer.cancelled_caught
