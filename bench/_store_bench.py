@@ -7,6 +7,7 @@ function reading the server's own counters (each is reported per job).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import multiprocessing as mp
 import os
@@ -157,3 +158,13 @@ def print_table(rows: Sequence[dict[str, Any]], counter_columns: Sequence[tuple[
         if first is not None:
             cells.insert(0, first[1])
         print("| " + " | ".join(cells) + " |")
+
+
+def add_common_arguments(ap: argparse.ArgumentParser, *, n: int) -> None:
+    """The options every store benchmark takes: modes, N, repetitions, latency samples, slots, --json."""
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--lat-n", type=int, default=200)
+    ap.add_argument("--workers", type=int, default=10)
+    ap.add_argument("--json", help="also write the rows to this file")

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _store_bench import MODES, print_table, run_modes
+from _store_bench import add_common_arguments, print_table, run_modes
 from gojob_core.testing.servers import find_etcd, start_etcd_server
 
 
@@ -94,12 +94,7 @@ def run(modes: list[str], n: int, reps: int, lat_n: int, workers: int) -> tuple[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--n", type=int, default=5_000)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--lat-n", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=10)
-    ap.add_argument("--json", help="also write the rows to this file")
+    add_common_arguments(ap, n=5_000)
     a = ap.parse_args()
     rows, ceiling, version = run(a.modes, a.n, a.reps, a.lat_n, a.workers)
     print(f"\n# gojob on etcd: 1 worker process x {a.workers} slots, no-op jobs, history on")

@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from _store_bench import MODES, print_table, run_modes
+from _store_bench import add_common_arguments, print_table, run_modes
 from gojob_core.testing.servers import find_redis_server, find_valkey_server, start_resp_server
 
 
@@ -82,12 +82,7 @@ def run(store: str, modes: list[str], n: int, reps: int, lat_n: int, workers: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", choices=["redis", "valkey"], default="redis")
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--lat-n", type=int, default=200)
-    ap.add_argument("--workers", type=int, default=10)
-    ap.add_argument("--json", help="also write the rows to this file")
+    add_common_arguments(ap, n=10_000)
     a = ap.parse_args()
     rows = run(a.store, a.modes, a.n, a.reps, a.lat_n, a.workers)
     print(f"\n# gojob on {a.store}: 1 worker process x {a.workers} slots, no-op jobs, history on")

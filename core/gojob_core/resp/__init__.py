@@ -348,25 +348,19 @@ class RespStore(Store):
             msg = await sub.next_message(wait)
             if msg is None:
                 reg.stale = True  # the wait ended: look at the store next time (a delayed instance may be due)
-            elif msg[0] == channel:  # instances handed to this node: straight to work
-                handed, n = self._handed(msg[1])
-                got += handed
-                reg.received += n
-                if reg.received >= reg.limit:  # the server closed it: it is full
-                    self._regs.pop(node, None)
-                await self._flush_corrupt()
-            else:
-                while msg is not None:  # a wake-up, and whatever else piled up: one look answers all
-                    if msg[0] == channel:
-                        handed, n = self._handed(msg[1])
-                        got += handed
-                        reg.received += n
-                    elif self._fresh_wake(msg[1]):
-                        reg.stale = True  # work may be ready that was not handed to this node
-                    msg = await sub.next_message(0)
-                if reg.received >= reg.limit:
-                    self._regs.pop(node, None)
-                await self._flush_corrupt()
+            # what came, and whatever else piled up meanwhile (a read of an empty subscription with no
+            # timeout returns at once, without an event-loop turn): one look answers all
+            while msg is not None:
+                if msg[0] == channel:  # instances handed to this node: straight to work
+                    handed, n = self._handed(msg[1])
+                    got += handed
+                    reg.received += n
+                elif self._fresh_wake(msg[1]):
+                    reg.stale = True  # work may be ready that was not handed to this node
+                msg = await sub.next_message(0)
+            if reg.received >= reg.limit:  # the server closed it: it is full
+                self._regs.pop(node, None)
+            await self._flush_corrupt()
             done = True
         finally:
             if not done:  # cancelled (the node is stopping): close now and give back what came

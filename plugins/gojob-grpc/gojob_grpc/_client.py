@@ -176,7 +176,8 @@ class Client:
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
         except asyncio.CancelledError:
-            _reraise_if_caller_cancelled()
+            if _caller_cancelled():
+                raise
             raise _cut_off(name) from None
 
     # -- the node --------------------------------------------------------------------------------------
@@ -349,7 +350,8 @@ class InstanceWatch:
         except grpc.aio.AioRpcError as exc:
             raise from_grpc(exc) from None
         except asyncio.CancelledError:
-            _reraise_if_caller_cancelled()
+            if _caller_cancelled():
+                raise
             raise _cut_off("WatchInstances") from None
         if m is grpc.aio.EOF:
             raise StopAsyncIteration
@@ -359,11 +361,10 @@ class InstanceWatch:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-def _reraise_if_caller_cancelled() -> None:
-    """Inside ``except CancelledError``: re-raise it if the calling task is being cancelled."""
+def _caller_cancelled() -> bool:
+    """Whether the calling task is itself being cancelled (then a CancelledError is its own)."""
     task = asyncio.current_task()
-    if task is None or task.cancelling():
-        raise  # noqa: PLE0704 - called from an except block: re-raises the CancelledError being handled
+    return task is None or task.cancelling() > 0
 
 
 def _cut_off(name: str) -> UnavailableError:
