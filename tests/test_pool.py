@@ -121,3 +121,41 @@ async def test_graceful_stop_hands_back_unfinished_work() -> None:
     hist = await store.lookup_history(Query(instance=inst))
     assert hist[-1].state is State.SCHEDULED and "released" in (hist[-1].detail or "")
     assert [i.state for i in await store.list_instances(Query())] == [State.SCHEDULED] * 2
+
+
+async def test_a_node_without_workers_subscribes_to_cancels_only_when_its_pool_grows() -> None:
+    """A producer (no workers) runs nothing a cancel could stop, so it does not listen for cancels;
+    once it gets workers it does, and a cancel from another node stops its running instance at once
+    (well before the lease heartbeat, every lease_time / 3, would report it)."""
+    from gojob_core import MemoryStore
+
+    class CountingStore(MemoryStore):
+        subscriptions = 0
+
+        async def cancel_notifications(self):  # type: ignore[no-untyped-def]
+            CountingStore.subscriptions += 1
+            async for uuid in super().cancel_notifications():
+                yield uuid
+
+    started = anyio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    store = CountingStore()
+    job = Job(kind="hang", executor=hang)
+    async with Manager(store=store, num_workers=0, lease_time=60) as node, \
+            Manager(store=store, num_workers=0, lease_time=60) as other:
+        await anyio.sleep(0.1)
+        assert CountingStore.subscriptions == 0
+        inst = await node.schedule_job(job)
+        await node.resize_workers(1)
+        with anyio.fail_after(5):
+            await started.wait()
+            while CountingStore.subscriptions == 0:
+                await anyio.sleep(0.01)
+        assert CountingStore.subscriptions == 1
+        await other.cancel_instance(inst)
+        done = await node.wait(inst, timeout=5)
+        assert done.state is State.CANCELED

@@ -251,6 +251,7 @@ class Manager:
         self._reserved = 0
         self._starved = False  # the last claim got fewer instances than it asked for (see FINISH_LINGER)
         self._capacity: anyio.Event | None = None
+        self._grown: anyio.Event | None = None  # set when a pool of zero gets workers (see _cancel_listener)
         self._idle: anyio.Event | None = None
         self._log_buffer: list[LogRecord] = []
         self._finisher = _FinishBatcher(self)
@@ -715,6 +716,8 @@ class Manager:
         if delta > 0:
             self._spawn_workers(delta)
             self._wake_dispatcher()
+            if self._grown is not None:
+                self._grown.set()
         else:
             for _ in range(-delta):
                 self._send.send_nowait(_RETIRE)
@@ -1003,6 +1006,13 @@ class Manager:
                 self._wake_dispatcher()
 
     async def _cancel_listener(self) -> None:
+        # A node without workers runs nothing that a cancel could stop (a producer, say), so it does not
+        # subscribe until its pool grows: on etcd the subscription is a watch that receives every change
+        # of the queue, which made a producer's store read each job's queue traffic twice over.
+        while self._target == 0:
+            self._grown = anyio.Event()
+            await self._grown.wait()
+        self._grown = None
         while True:
             try:
                 async with contextlib.aclosing(self.store.cancel_notifications()) as notes:
