@@ -33,8 +33,6 @@ async def test_one_thousand_instances_run_in_priority_then_fifo_order() -> None:
         with anyio.fail_after(30):
             while len(ran) < 1500:
                 await anyio.sleep(0.01)
-    expected = sorted(range(1500), key=lambda i: (0 if i < 1000 and i < 500 else priorities[i - 1000]
-                                                  if i >= 1000 else 0, i))
     expected = sorted([*range(500), *range(1000, 2000)],
                       key=lambda i: (priorities[i - 1000] if i >= 1000 else 0, i))
     assert ran == expected
@@ -59,10 +57,14 @@ async def test_resize_under_load_runs_every_instance_exactly_once() -> None:
     n = 2000
     async with Manager(num_workers=2) as mgr:
         insts = await mgr.schedule_many(Job(kind="resize", executor=work), [(i,) for i in range(n)])
-        for size in (16, 1, 8):
-            await anyio.sleep(0.15)
+        # resize at known points of the run, so that work is still queued at each resize
+        for size, after in ((16, 200), (1, 800), (8, 900)):
+            with anyio.fail_after(60):
+                while len(counts) < after:
+                    await anyio.sleep(0.001)
             await mgr.resize_workers(size)
             assert mgr.num_workers == size
+            assert len(counts) < n
         with anyio.fail_after(60):
             while len(counts) < n:
                 await anyio.sleep(0.02)
@@ -72,7 +74,7 @@ async def test_resize_under_load_runs_every_instance_exactly_once() -> None:
         assert len(done) == n
         assert all(i.attempts == 1 for i in done)
     assert sorted(counts) == list(range(n)) and set(counts.values()) == {1}
-    assert peak <= 16
+    assert 2 < peak <= 16  # the pool did grow past its first size, and never past its largest
 
 
 async def test_shrinking_lets_running_instances_finish() -> None:

@@ -400,21 +400,20 @@ async def test_worker_pool_resizes() -> None:
 
 
 async def test_real_world_scaling_example() -> None:
+    # the guide's rule: grow the pool by two when more than twice its size is waiting
     async with Manager(num_workers=2) as mgr:
-        await mgr.resize_workers(0)
+        await mgr.resize_workers(0)  # hold the work while we look
         job = Job(kind="scale", executor=lambda: None)
-        await mgr.schedule_many(job, [() for _ in range(10)])
-        await mgr.resize_workers(2)
-        await mgr.resize_workers(0)  # hold the rest while we look
+        insts = await mgr.schedule_many(job, [() for _ in range(10)])
         queue = await mgr.lookup_instances(Query(state=State.SCHEDULED))
+        assert len(queue) == 10
         current = 2
         if len(queue) > current * 2:
             await mgr.resize_workers(current + 2)
-        assert mgr.num_workers in (0, 4)
-        await mgr.resize_workers(4)
-        with anyio.fail_after(10):
-            while await mgr.lookup_instances(Query(state=State.SCHEDULED)):
-                await anyio.sleep(0.02)
+        assert mgr.num_workers == 4
+        for inst in insts:
+            assert (await mgr.wait(inst, timeout=10)).state is State.COMPLETED
+        assert await mgr.lookup_instances(Query(state=State.SCHEDULED)) == []
 
 
 async def test_schedule_many_returns_every_instance() -> None:
