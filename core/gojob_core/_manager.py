@@ -204,6 +204,11 @@ class Manager:
     :param poll_interval: the safety-net wake-up of an idle dispatcher (the store's wake-up is the main path).
     :param shutdown_timeout: on stop, how long running instances may take to finish before they are
         interrupted and handed back to the queue.
+    :param metrics_interval: seconds between two reads of the queue sizes from the store, which feed the
+        ``go_job_queued`` and ``go_job_oldest_ready_age_seconds`` gauges (the cluster's queue, read by
+        every node; a scrape serves the last read, so they lag the store by at most this long; the age
+        itself is computed at scrape time). Default 5 s: fresher than common scrape intervals, one small
+        store read per node.
     """
 
     def __init__(
@@ -218,14 +223,18 @@ class Manager:
         poll_interval: float = 1.0,
         shutdown_timeout: float = 10.0,
         store_options: dict[str, Any] | None = None,
+        metrics_interval: float = 5.0,
     ) -> None:
         _check_workers(num_workers)
         if not (lease_time > 0 and math.isfinite(lease_time)):
             raise ValueError(f"lease_time must be a positive number of seconds, got {lease_time!r}")
+        if not (metrics_interval > 0 and math.isfinite(metrics_interval)):
+            raise ValueError(f"metrics_interval must be a positive number of seconds, got {metrics_interval!r}")
         self.node_id = node_id or f"{socket.gethostname()}-{os.getpid()}-{_uuid.uuid4().hex[:6]}"
         self.lease_time = float(lease_time)
         self.poll_interval = float(poll_interval)
         self.shutdown_timeout = float(shutdown_timeout)
+        self.metrics_interval = float(metrics_interval)
         self._runner_plugin = RunnerPlugin()
         self._default_backoff = BackoffPlugin()
         self.metrics = ManagerMetrics(self)
@@ -1040,7 +1049,7 @@ class Manager:
                 self.metrics.set_queued(*await self.store.queue_stats())
             except (StoreError, OSError) as exc:
                 self._report(f"reading queue sizes failed: {exc!r}")
-            await anyio.sleep(5.0)
+            await anyio.sleep(self.metrics_interval)
 
     # -- logs ----------------------------------------------------------------------------------------
     def _log_sink(self, inst: Instance, level: LogLevel, message: str) -> None:

@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, seconds running instances get to finish before they are handed back (default 10)")
     p.add_argument("--lease-time", type=float, default=30.0, metavar="S",
                    help="seconds before another node re-runs the instances of a node that died (default 30)")
+    p.add_argument("--metrics-interval", type=float, default=5.0, metavar="S",
+                   help="seconds between two reads of the queue sizes from the store for the go_job_queued and "
+                        "go_job_oldest_ready_age_seconds gauges (default 5)")
     p.add_argument("--system-jobs", action="store_true",
                    help="schedule the system cleaners (system.history.cleaner, system.log.cleaner) with the defaults "
                         "of gojob-system-jobs: history and logs older than 7d removed daily at 03:17 UTC "
@@ -165,6 +168,8 @@ def _prepare(args: argparse.Namespace) -> tuple[list[ModuleType], list[Any], Any
         raise UsageError(f"--shutdown-timeout must be a non-negative number of seconds, got {args.shutdown_timeout}")
     if not 0 < args.lease_time < float("inf"):
         raise UsageError(f"--lease-time must be a positive number of seconds, got {args.lease_time}")
+    if not 0 < args.metrics_interval < float("inf"):
+        raise UsageError(f"--metrics-interval must be a positive number of seconds, got {args.metrics_interval}")
     system_jobs = _system_jobs(args)
     token = _read_token(args.token_file) if args.token_file else None
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -278,7 +283,7 @@ async def _serve(args: argparse.Namespace, modules: list[ModuleType], jobs: list
     try:
         manager = Manager(args.store, num_workers=args.workers, node_id=args.node_id,
                           shutdown_timeout=args.shutdown_timeout, lease_time=args.lease_time,
-                          plugins=[plugin, registrar])
+                          metrics_interval=args.metrics_interval, plugins=[plugin, registrar])
         for job in jobs:
             await manager.register_job(job)
     except (UnknownStoreError, ValueError) as exc:

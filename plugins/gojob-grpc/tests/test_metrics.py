@@ -1,16 +1,24 @@
-"""``/metrics`` of a running ``gojob serve`` node after a known sequence: every counter, per kind.
+"""``/metrics`` of running ``gojob serve`` nodes: every counter after a known sequence, per kind; the
+queue gauges of a node that did not schedule the queue; go_job_lease_reclaimed_total after a node died.
 
-The queue gauges (go_job_queued, go_job_oldest_ready_age_seconds) are refreshed from the store every
-5 s, so their values are not asserted here (only their labels); the counters, histograms and the
-pool/registry gauges are updated as things happen.
+The queue gauges (go_job_queued, go_job_oldest_ready_age_seconds) are read from the store every
+``--metrics-interval`` seconds (5 by default), so their tests scrape until the read shows the queue; the
+counters, histograms and the pool/registry gauges are updated as things happen.
 """
 
 from __future__ import annotations
 
+import signal
+import time
 import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import anyio
 import gojob_core as gojob
+from gojob_core.testing.servers import Server
 from grpc_nodes import NodeFactory
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -89,3 +97,96 @@ async def test_metrics_after_a_known_sequence(nodes: NodeFactory) -> None:
     [workers] = families["go_job_workers"].samples
     [jobs] = families["go_job_registered"].samples
     assert (workers.value, jobs.value) == (3, registered)
+
+
+def values(url: str, family: str) -> dict[str, float]:
+    """{kind: value} of a per-kind family (counters under their ``_total`` sample) on one scrape."""
+    return by_kind(scrape(url)[family])
+
+
+def scrape_until(url: str, ok: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
+    """Scrape until ``ok(families)`` holds (the queue gauges change on the node's next store read)."""
+    deadline = time.monotonic() + timeout
+    families = scrape(url)
+    while not ok(families) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        families = scrape(url)
+    assert ok(families), {name: [(s.name, s.labels, s.value) for s in f.samples] for name, f in families.items()
+                          if name in ("go_job_queued", "go_job_oldest_ready_age_seconds")}
+    return families
+
+
+def valkey_store(valkey: Server) -> str:
+    return f"{valkey.url('valkey')}?prefix=m{uuid.uuid4().hex[:8]}:"  # each test its own keys
+
+
+async def until_state(c: Any, inst: Any, state: gojob.State, timeout: float = 15) -> gojob.Instance:
+    with anyio.fail_after(timeout):
+        while (cur := await c.lookup_instance(inst)).state is not state:
+            await anyio.sleep(0.02)
+    return cur
+
+
+async def test_queue_gauges_of_a_node_show_what_another_node_scheduled(valkey_server: Server,
+                                                                      nodes: NodeFactory) -> None:
+    store = valkey_store(valkey_server)
+    fresh = ("--metrics-interval", "0.5")  # the gauges' store reads, 0.5 s apart instead of 5
+    watcher = nodes("--workers", "0", *fresh, store=store, name="watcher")  # schedules and runs nothing (yet)
+    producer = nodes("--workers", "0", *fresh, store=store, name="producer")
+    assert watcher.metrics_url is not None
+    assert by_kind(scrape(watcher.metrics_url)["go_job_queued"]) == {}
+    async with producer.client() as c:
+        due = [await c.schedule("sum", (i, 1)) for i in range(3)]
+        later = await c.schedule("sum", (9, 9), schedule_after=3600)
+        await c.schedule("greet", ("later",), schedule_after=3600)
+
+    def queued(n: int) -> Callable[[dict[str, Any]], bool]:
+        return lambda families: by_kind(families["go_job_queued"]).get("sum") == n
+
+    families = scrape_until(watcher.metrics_url, queued(4))
+    assert by_kind(families["go_job_queued"]) == {"sum": 4, "greet": 1}  # due and delayed, of the cluster
+    age = by_kind(families["go_job_oldest_ready_age_seconds"])
+    assert age["sum"] > 0 and age["greet"] == 0  # three sums wait; no greet is due yet
+    assert by_kind(families["go_job_executed"]) == {}  # the watcher has run nothing
+
+    # the watcher gets a worker and drains what is due: its next store read shows the delayed one only
+    async with watcher.client() as c:
+        await c.resize_workers(1)
+        for inst in due:
+            assert (await c.wait(inst, timeout=15)).state is gojob.State.COMPLETED
+        assert (await c.lookup_instance(later)).state is gojob.State.SCHEDULED
+    families = scrape_until(watcher.metrics_url, queued(1))
+    assert by_kind(families["go_job_oldest_ready_age_seconds"])["sum"] == 0
+    assert by_kind(families["go_job_executed"]) == {"sum": 3}
+    # the producer reads the same store: the same queue, though it ran nothing
+    assert producer.metrics_url is not None
+    families = scrape_until(producer.metrics_url, queued(1))
+    assert by_kind(families["go_job_queued"]) == {"sum": 1, "greet": 1}
+    assert set(by_kind(families["go_job_executed"]).values()) == {0}  # kinds it scheduled show 0
+
+
+async def test_lease_reclaimed_counts_on_the_node_that_reruns_a_killed_nodes_instance(
+        valkey_server: Server, nodes: NodeFactory, tmp_path: Path) -> None:
+    store = valkey_store(valkey_server)
+    lease = ("--lease-time", "2")
+    doomed = nodes("--workers", "1", *lease, store=store, name="doomed")
+    async with doomed.client() as c:
+        # slow on its first run only: the re-run on the survivor finishes at once
+        inst = await c.schedule("first_slow", (str(tmp_path / "marker"), 3600.0))
+        assert (await until_state(c, inst, gojob.State.PROCESSING)).node == "doomed"
+    assert doomed.stop(signal.SIGKILL) == -signal.SIGKILL  # dies mid-job, its lease left to expire
+
+    survivor = nodes("--workers", "1", *lease, store=store, name="survivor")
+    assert survivor.metrics_url is not None
+    async with survivor.client() as c:
+        done = await c.wait(inst, timeout=30)
+        assert done.state is gojob.State.COMPLETED, done
+        assert done.result == {"node": "survivor", "first_run": False}
+        history = [(r.state, r.node) for r in await c.lookup_instance_history(inst)]
+    assert history[-3:] == [(gojob.State.SCHEDULED, "survivor"), (gojob.State.PROCESSING, "survivor"),
+                            (gojob.State.COMPLETED, "survivor")], history
+    families = scrape(survivor.metrics_url)
+    [reclaimed] = families["go_job_lease_reclaimed"].samples
+    assert (reclaimed.name, reclaimed.value) == ("go_job_lease_reclaimed_total", 1)
+    executed = {k: v for k, v in by_kind(families["go_job_executed"]).items() if v}
+    assert executed == {"first_slow": 1}

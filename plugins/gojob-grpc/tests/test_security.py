@@ -106,6 +106,8 @@ def test_serve_refuses_bad_options(nodes: NodeFactory, tmp_path: Path) -> None:
             (["--jobs", "sample_jobs", "--tls-cert", "x.pem"], 2, "both --tls-cert and --tls-key"),
             (["--jobs", "sample_jobs", "--token-file", "empty.token"], 2, "is empty"),
             (["--jobs", "sample_jobs", "--workers", "-1"], 2, "--workers"),
+            (["--jobs", "sample_jobs", "--metrics-interval", "0"], 2, "--metrics-interval must be a positive"),
+            (["--jobs", "sample_jobs", "--lease-time", "-3"], 2, "--lease-time must be a positive"),
             ([], 2, "--jobs"),
     ):
         proc = serve(*args)

@@ -31,8 +31,9 @@ HISTORY_CLEANER = "system.history.cleaner"
 LOG_CLEANER = "system.log.cleaner"
 #: the age rule :func:`schedule_system_jobs` (and ``gojob serve --system-jobs``) uses unless told otherwise
 DEFAULT_MAX_AGE = "7d"
-#: when :func:`schedule_system_jobs` runs the cleaners: every day at 03:17 local time (off the hour,
-#: so that many deployments do not hit their stores at the same minute)
+#: when :func:`schedule_system_jobs` runs the cleaners: every day at 03:17 UTC (its default timezone, so
+#: that nodes in different time zones agree; off the hour, so that many deployments do not hit their
+#: stores at the same minute)
 DEFAULT_CRONTAB = "17 3 * * *"
 #: records read (and at most cleared) per store call
 DEFAULT_BATCH_SIZE = 1000

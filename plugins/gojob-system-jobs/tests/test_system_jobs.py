@@ -380,10 +380,12 @@ class CleanerSuite:
         assert inst.ready_ts == croniter("0 3 * * *", start).get_next(float)
         assert inst.kwargs == {"max_age": 7 * 86400.0}
 
-        both = await schedule_system_jobs(mgr)
-        expected = croniter(DEFAULT_CRONTAB, start).get_next(float)
-        assert [(i.kind, i.ready_ts, i.kwargs) for i in both] == [
-            (HISTORY_CLEANER, expected, {"max_age": 7 * 86400.0}), (LOG_CLEANER, expected, {"max_age": 7 * 86400.0})]
+        both = await schedule_system_jobs(mgr)  # DEFAULT_CRONTAB in UTC, whatever the node's local time
+        expected = croniter(DEFAULT_CRONTAB, start.astimezone(dt.UTC)).get_next(float)
+        assert [(i.kind, i.ready_ts, i.kwargs, i.timezone) for i in both] == [
+            (HISTORY_CLEANER, expected, {"max_age": 7 * 86400.0}, "UTC"),
+            (LOG_CLEANER, expected, {"max_age": 7 * 86400.0}, "UTC")]
+        assert dt.datetime.fromtimestamp(expected, dt.UTC).strftime("%H:%M") == "03:17"
         again = await schedule_system_jobs(mgr)  # the same schedules, not doubled
         assert [i.uuid for i in again] == [i.uuid for i in both]
         waiting = await mgr.lookup_instances(Query(state=State.SCHEDULED))
