@@ -2,7 +2,7 @@
 
 A Python port of go-job: priorities, retries with backoff, timeouts, cancel anywhere, a state history
 and log for every instance, and a pluggable store (memory here; Valkey, Redis, etcd as plugins)
-shared by many nodes.
+shared by many nodes, or any key-value backend through `KvStore`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ from .errors import UnknownStoreError as UnknownStoreError
 from .errors import UnserializableArgumentError as UnserializableArgumentError
 from .errors import WaitTimeoutError as WaitTimeoutError
 from .hookspecs import hookimpl as hookimpl
+from .kv import KvBackend as KvBackend
+from .kv import KvStore as KvStore
+from .kv import MemoryKvBackend as MemoryKvBackend
 
 __all__ = [
     "PLACEHOLDER",
@@ -50,9 +53,12 @@ __all__ = [
     "Job",
     "JobCanceledError",
     "JobTimeoutError",
+    "KvBackend",
+    "KvStore",
     "LogLevel",
     "LogRecord",
     "Manager",
+    "MemoryKvBackend",
     "MemoryStore",
     "Outcome",
     "Query",
