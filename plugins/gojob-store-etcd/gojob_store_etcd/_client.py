@@ -411,6 +411,7 @@ def _error(exc: grpc.aio.AioRpcError, what: str, address: str) -> StoreError:
 _EQUAL = rpc.Compare.EQUAL
 _MOD = rpc.Compare.MOD
 _VERSION = rpc.Compare.VERSION
+_GREATER = rpc.Compare.GREATER
 RequestOp = rpc.RequestOp
 PutRequest = rpc.PutRequest
 DeleteRangeRequest = rpc.DeleteRangeRequest
@@ -470,6 +471,10 @@ def mod_is(key: bytes, revision: int) -> Any:
 
 def absent(key: bytes) -> Any:
     return Compare(result=_EQUAL, target=_VERSION, key=key, version=0)
+
+
+def present(key: bytes) -> Any:
+    return Compare(result=_GREATER, target=_VERSION, key=key, version=0)
 
 
 def prefix_end(prefix: bytes) -> bytes:

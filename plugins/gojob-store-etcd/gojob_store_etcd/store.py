@@ -8,8 +8,9 @@ Key layout (``{p}`` is the key prefix, ``/gojob/`` by default; see the plugin RE
                                                        by priority (offset by 2**63 and zero-padded, so negative
                                                        priorities sort first), ready time, FIFO seq
 ``{p}q/d/{ready_us:17}/{seq:20}/{uuid}/{kind}``        delayed index (not yet due), value = the record
-``{p}q/p/{uuid}``                                      running: ``{"node", "lease_ts", "cancel"}``
-``{p}q/c/{uuid}``                                      claim key, attached to the claiming node's etcd lease
+``{p}q/p/{uuid}``                                      running: ``{"node", "lease_ts", "cancel", "lease"}``
+``{p}q/n/{lease_id:016x}``                             liveness key of a node's etcd lease, attached to that lease:
+                                                       gone, the running entries naming the lease are re-queued
 ``{p}h/{uuid}/{ts_us:17}/{tag}``                       state records of one instance written by one transaction
 ``{p}t/{ts_us:17}/{uuid}/{tag}``                       the same records by time (global history queries)
 ``{p}l/{uuid}/{ts_us:17}/{tag}``, ``{p}m/{ts_us}/..``  log records, per instance and by time
@@ -56,6 +57,7 @@ from ._client import (
     op_txn,
     parse_etcd_url,
     prefix_end,
+    present,
 )
 
 __all__ = ["EtcdStore"]
@@ -127,17 +129,19 @@ class _State(NamedTuple):
     i_rev: int
     p: dict[str, Any] | None
     p_rev: int
-    c_rev: int = 0
 
 
 class _Window:
     """The first keys of a queue index, in key order, kept current by the watch.
 
     Complete for every key up to ``bound`` (``None``: for the whole index). Events older than the
-    read that loaded it (``loaded_rev``) are already in it and are skipped.
+    read that loaded it (``loaded_rev``) are already in it and are skipped. While a read is in flight
+    (:meth:`begin` .. :meth:`end`) the events applied are also kept, so that a read answered after
+    newer events were applied does not undo them (a key put at a later revision would otherwise
+    vanish from view until the next read, and a deleted one come back).
     """
 
-    __slots__ = ("bound", "keys", "loaded_rev", "read_at", "vals")
+    __slots__ = ("bound", "events", "keys", "loaded_rev", "read_at", "reading", "vals")
 
     def __init__(self) -> None:
         self.keys: list[bytes] = []
@@ -145,6 +149,17 @@ class _Window:
         self.bound: bytes | None = b""  # not loaded yet: nothing is known
         self.loaded_rev = 0
         self.read_at = -1e9
+        self.reading = 0
+        self.events: list[tuple[int, bytes, bytes | None]] = []  # (revision, key, value or None: deleted)
+
+    def begin(self) -> None:
+        """A read of the index is about to be sent: keep the events applied until it is loaded."""
+        self.reading += 1
+
+    def end(self) -> None:
+        self.reading -= 1
+        if not self.reading:
+            self.events.clear()
 
     @property
     def complete(self) -> bool:
@@ -164,8 +179,19 @@ class _Window:
         self.bound = self.keys[-1] if more and self.keys else None
         self.loaded_rev = rev
         self.read_at = time.monotonic()
+        for erev, key, value in self.events:  # applied before this older read answered: apply again
+            if erev > rev:
+                if value is None:
+                    self._delete(key, erev)
+                elif not taken or taken.get(key, 0) <= erev:
+                    self._put(key, erev, value)
 
     def put(self, key: bytes, rev: int, value: bytes) -> bool:
+        if self.reading and rev > self.loaded_rev:
+            self.events.append((rev, key, value))
+        return self._put(key, rev, value)
+
+    def _put(self, key: bytes, rev: int, value: bytes) -> bool:
         if rev <= self.loaded_rev or (self.bound is not None and key > self.bound):
             return False
         if key not in self.vals:
@@ -180,6 +206,11 @@ class _Window:
             self.vals[key] = (rev, value)
 
     def delete(self, key: bytes, rev: int = 0) -> None:
+        if self.reading and rev > self.loaded_rev:
+            self.events.append((rev, key, None))
+        self._delete(key, rev)
+
+    def _delete(self, key: bytes, rev: int = 0) -> None:
         if rev and rev <= self.loaded_rev:
             return
         if self.vals.pop(key, None) is not None:
@@ -225,7 +256,7 @@ class EtcdStore(Store):
         p = options.prefix.encode()
         self._p = p
         self._ki, self._kq = p + b"i/", p + b"q/"
-        self._kr, self._kd, self._kp, self._kc = p + b"q/r/", p + b"q/d/", p + b"q/p/", p + b"q/c/"
+        self._kr, self._kd, self._kp, self._kn = p + b"q/r/", p + b"q/d/", p + b"q/p/", p + b"q/n/"
         self._kh, self._kt, self._kl, self._km = p + b"h/", p + b"t/", p + b"l/", p + b"m/"
         self._ks, self._kx, self._kz = p + b"s/", p + b"x/", p + b"z/"
         self.client: EtcdClient | None = None
@@ -236,7 +267,7 @@ class EtcdStore(Store):
         self._rw, self._dw = _Window(), _Window()
         self._taken: dict[bytes, float] = {}  # ready keys this node took: the revision of the claim (inf: in flight)
         self._running: dict[str, tuple[int, dict[str, Any] | None]] = {}
-        self._claimkeys: dict[str, int] = {}
+        self._live: set[int] = set()  # etcd leases whose liveness key exists (their nodes hold claims)
         self._mirror_rev = 0
         self._rev = 0
         self._watch_task: asyncio.Task[None] | None = None
@@ -246,6 +277,8 @@ class EtcdStore(Store):
         self._wake_ev = asyncio.Event()
         self._cancel_subs: list[MemoryObjectSendStream[str]] = []
         self._leases: dict[int, int] = {}
+        self._keyed: set[int] = set()  # this node's leases whose liveness key was written
+        self._keepalive: asyncio.Task[None] | None = None
         self._lease_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._reclaimed: list[Instance] = []
@@ -281,7 +314,7 @@ class EtcdStore(Store):
         client, self.client = self.client, None
         if client is not None:
             with anyio.CancelScope(shield=True):
-                # claim keys still on this node's leases go now, so other nodes re-queue what is left
+                # the liveness keys of this node's leases go now, so other nodes re-queue what is left
                 for lease_id in self._leases.values():
                     with contextlib.suppress(StoreError):
                         await client.revoke(lease_id)
@@ -418,33 +451,50 @@ class EtcdStore(Store):
         return inst
 
     async def _read(self, uuids: Sequence[str]) -> dict[str, _State]:
-        """The current record, running entry and claim key of each instance (one round trip per 40)."""
+        """The current record and running entry of each instance (one round trip per 50)."""
         out: dict[str, _State] = {}
-        for i in range(0, len(uuids), 40):
-            chunk = uuids[i:i + 40]
+        for i in range(0, len(uuids), 50):
+            chunk = uuids[i:i + 50]
             ops = []
             for u in chunk:
                 b = u.encode()
-                ops += [op_range(self._ki + b), op_range(self._kp + b), op_range(self._kc + b, keys_only=True)]
+                ops += [op_range(self._ki + b), op_range(self._kp + b)]
             resp = await self._c().txn(ops)
             for k, u in enumerate(chunk):
-                out[u] = self._state_from(resp.responses[3 * k], resp.responses[3 * k + 1],
-                                          resp.responses[3 * k + 2])
+                out[u] = self._state_from(resp.responses[2 * k], resp.responses[2 * k + 1])
         return out
 
-    def _state_from(self, ri: Any, rp: Any, rc: Any = None) -> _State:
-        rec, i_rev, p, p_rev, c_rev = None, 0, None, 0, 0
+    def _state_from(self, ri: Any, rp: Any) -> _State:
+        rec, i_rev, p, p_rev = None, 0, None, 0
         kvs = ri.response_range.kvs
         if kvs:
             rec, i_rev = self._decode_rec(kvs[0].key, kvs[0].value), kvs[0].mod_revision
         kvs = rp.response_range.kvs
         if kvs:
             p, p_rev = self._decode_p(kvs[0].key, kvs[0].value), kvs[0].mod_revision
-        if rc is not None and rc.response_range.kvs:
-            c_rev = rc.response_range.kvs[0].mod_revision
-        return _State(rec, i_rev, p, p_rev, c_rev)
+        return _State(rec, i_rev, p, p_rev)
 
-    # -- watch: the queue's head, running entries and claim keys, kept current --------------------------------
+    def _lease_key(self, lease_id: int) -> bytes:
+        return self._kn + b"%016x" % lease_id
+
+    def _lease_of(self, key: bytes) -> int | None:
+        try:
+            return int(key[len(self._kn):], 16)
+        except ValueError:
+            return None
+
+    def _holds(self, p: dict[str, Any], live: set[int], t: float) -> bool:
+        """Whether a running entry's node still holds it: its etcd lease lives and its lease end is ahead.
+        (An entry without a lease id, from before liveness keys, is judged by its lease end alone.)"""
+        lid = p.get("lease")
+        return (lid is None or lid in live) and float(p.get("lease_ts") or 0) >= t
+
+    async def _live_leases(self) -> set[int]:
+        """The etcd leases whose liveness key exists now (one per node and lease time: a short scan)."""
+        return {lid async for kv in self._scan(self._kn, prefix_end(self._kn), keys_only=True)
+                if (lid := self._lease_of(kv.key)) is not None}
+
+    # -- watch: the queue's head, running entries and liveness keys, kept current ------------------------
     async def _ensure_watch(self) -> None:
         if self._watch_task is not None:
             return
@@ -455,31 +505,38 @@ class EtcdStore(Store):
                 self._watch_task = asyncio.create_task(self._watch_loop(), name="gojob-etcd-watch")
 
     async def _load(self) -> None:
-        """Read the queue heads, every running entry and claim key at one revision."""
+        """Read the queue heads, every running entry and liveness key at one revision."""
         w = self.options.window
         c = self._c()
-        resp = await c.txn([op_range(self._kr, prefix_end(self._kr), limit=w),
-                            op_range(self._kd, prefix_end(self._kd), limit=w),
-                            op_range(self._kp, prefix_end(self._kp), limit=_PAGE),
-                            op_range(self._kc, prefix_end(self._kc), limit=_PAGE, keys_only=True)])
-        rev = resp.header.revision
-        rr, rd, rp, rc = (r.response_range for r in resp.responses)
-        self._rw.load(rr.kvs, rr.more, rev, self._taken)
-        self._dw.load(rd.kvs, rd.more, rev)
+        self._rw.begin()
+        self._dw.begin()
+        try:
+            resp = await c.txn([op_range(self._kr, prefix_end(self._kr), limit=w),
+                                op_range(self._kd, prefix_end(self._kd), limit=w),
+                                op_range(self._kp, prefix_end(self._kp), limit=_PAGE),
+                                op_range(self._kn, prefix_end(self._kn), limit=_PAGE, keys_only=True)])
+            rev = resp.header.revision
+            rr, rd, rp, rc = (r.response_range for r in resp.responses)
+            self._rw.load(rr.kvs, rr.more, rev, self._taken)
+            self._dw.load(rd.kvs, rd.more, rev)
+        finally:
+            self._rw.end()
+            self._dw.end()
         running: dict[str, tuple[int, dict[str, Any] | None]] = {}
-        claims: dict[str, int] = {}
-        for base, first, into in ((self._kp, rp, running), (self._kc, rc, claims)):
+        live: set[int] = set()
+        for base, first in ((self._kp, rp), (self._kn, rc)):
             page = first
             while True:
                 for kv in page.kvs:
-                    u = kv.key[len(base):].decode()
-                    into[u] = (kv.mod_revision, self._decode_p(kv.key, kv.value)) if into is running \
-                        else kv.mod_revision  # type: ignore[assignment]
+                    if base is self._kp:
+                        running[kv.key[len(base):].decode()] = (kv.mod_revision, self._decode_p(kv.key, kv.value))
+                    elif (lid := self._lease_of(kv.key)) is not None:
+                        live.add(lid)
                 if not page.more or not page.kvs:
                     break
                 page = await c.range(page.kvs[-1].key + b"\0", prefix_end(base), limit=_PAGE, revision=rev,
-                                     keys_only=into is claims)
-        self._running, self._claimkeys = running, claims
+                                     keys_only=base is self._kn)
+        self._running, self._live = running, live
         self._mirror_rev = self._rev = rev
 
     async def _watch_loop(self) -> None:
@@ -547,14 +604,14 @@ class EtcdStore(Store):
                             self._notify_cancel(u)
                     else:
                         self._running.pop(u, None)
-                elif sub == b"c/":
+                elif sub == b"n/" and (lid := self._lease_of(key)) is not None:
                     if put:
-                        self._claimkeys[u] = rev
+                        self._live.add(lid)
                     else:
-                        self._claimkeys.pop(u, None)
+                        self._live.discard(lid)
                         hints = True
-        if hints and any(u not in self._claimkeys for u in self._running):
-            wake = True  # a claim key vanished (its node's etcd lease expired): re-queue its instance
+        if hints and any(p is not None and p.get("lease") not in self._live for _, p in self._running.values()):
+            wake = True  # a liveness key vanished (its node's etcd lease expired): re-queue its instances
         if dw.keys and dw.keys[0] != first_due:
             wake = True  # a new first delayed instance: waiters recompute their timer
         w = self.options.window
@@ -575,9 +632,8 @@ class EtcdStore(Store):
                 self._cancel_subs.remove(send)
 
     def _expired(self, t: float) -> list[str]:
-        claims = self._claimkeys
-        return [u for u, (_, p) in self._running.items()
-                if p is not None and (u not in claims or float(p.get("lease_ts") or 0) < t)]
+        live = self._live
+        return [u for u, (_, p) in self._running.items() if p is not None and not self._holds(p, live, t)]
 
     def _next_due(self) -> float:
         if not self._dw.keys:
@@ -593,27 +649,43 @@ class EtcdStore(Store):
 
     # -- leases ----------------------------------------------------------------------------------------
     async def _lease_for(self, lease: float) -> int:
-        """This node's etcd lease for claims of ``lease`` seconds (granted once, kept alive by a task)."""
+        """This node's etcd lease for claims of ``lease`` seconds (granted once, kept alive by a task),
+        with its liveness key ``q/n/{id}`` written: the running entries of its claims name the lease, and
+        other nodes re-queue them once that key is gone (the lease expired or was revoked)."""
         ttl = max(1, math.ceil(lease))
         lease_id = self._leases.get(ttl)
-        if lease_id is not None:
+        if lease_id is not None and lease_id in self._keyed:
             return lease_id
         async with self._lease_lock:
             if ttl not in self._leases:
                 self._leases[ttl] = await self._c().grant(ttl)
-                if len(self._leases) == 1:
-                    self._tasks.append(asyncio.create_task(self._keepalive_loop(), name="gojob-etcd-keepalive"))
-            return self._leases[ttl]
+                if self._keepalive is None:
+                    self._keepalive = asyncio.create_task(self._keepalive_loop(), name="gojob-etcd-keepalive")
+                    self._tasks.append(self._keepalive)
+            lease_id = self._leases[ttl]
+            if lease_id not in self._keyed:
+                await self._c().txn([op_put(self._lease_key(lease_id), b"", lease_id)])
+                self._keyed.add(lease_id)
+            return lease_id
+
+    def _lease_lapsed(self, lease_id: int) -> None:
+        """A claim found this lease's liveness key gone (it expired before the keepalive saw it): the
+        next claim gets a new lease, and other nodes re-queue what was held under the old one."""
+        self._keyed.discard(lease_id)
+        for ttl, lid in list(self._leases.items()):
+            if lid == lease_id:
+                del self._leases[ttl]
 
     async def _keepalive_loop(self) -> None:
         while True:
-            await asyncio.sleep(max(0.2, min(self._leases) / 3))
+            await asyncio.sleep(max(0.2, min(self._leases, default=3) / 3))
             for ttl, lease_id in list(self._leases.items()):
                 try:
                     left = await self._c().keepalive(lease_id)
                     if left <= 0:  # it expired (the node could not reach etcd for a whole TTL)
                         _log.warning("etcd store: lease %x expired; granting a new one", lease_id)
-                        self._leases[ttl] = await self._c().grant(ttl)
+                        self._keyed.discard(lease_id)
+                        self._leases[ttl] = await self._c().grant(ttl)  # keyed on its next use
                 except StoreError as exc:
                     _log.warning("etcd store: lease keepalive failed: %s", exc)
 
@@ -714,16 +786,22 @@ class EtcdStore(Store):
             await reading.wait()
             return
         reading = self._ready_reading = asyncio.Event()
+        self._rw.begin()
         try:
             resp = await self._c().range(self._kr, prefix_end(self._kr), limit=self.options.window)
             self._rw.load(resp.kvs, resp.more, resp.header.revision, self._taken)
         finally:
+            self._rw.end()
             self._ready_reading = None
             reading.set()
 
     async def _read_delayed(self) -> None:
-        resp = await self._c().range(self._kd, prefix_end(self._kd), limit=self.options.window)
-        self._dw.load(resp.kvs, resp.more, resp.header.revision)
+        self._dw.begin()
+        try:
+            resp = await self._c().range(self._kd, prefix_end(self._kd), limit=self.options.window)
+            self._dw.load(resp.kvs, resp.more, resp.header.revision)
+        finally:
+            self._dw.end()
 
     async def _promote(self, t: float) -> None:
         """Move due delayed instances into the ready index (any node may; a conflict just loses)."""
@@ -766,19 +844,27 @@ class EtcdStore(Store):
         attempts = int(rec.get("attempts") or 0) + 1
         rec.update(state=_PROCESSING, attempts=attempts, started_ts=t, node=node, lease_ts=t + lease,
                    cancel_requested=False)
-        p = {"node": node, "lease_ts": t + lease, "cancel": False}
+        p = {"node": node, "lease_ts": t + lease, "cancel": False, "lease": lease_id}
         raw_i = _j(rec)
-        success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p)),
-                   op_put(self._kc + b, node.encode(), lease_id)]
+        success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p))]
         success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _PROCESSING, "ts": t,
                                        "attempt": attempts, "node": node, "detail": None}])
 
+        key_rev = rev
+
         def done(r: Any, rev: int) -> None:
-            if r.response_txn.succeeded:
+            txn = r.response_txn
+            if txn.succeeded:
                 self._held[u] = _State(rec, rev, p, rev)
                 out.append(self._instance(rec, p))
+            elif not txn.responses[0].response_range.kvs:  # not taken: this node's etcd lease lapsed
+                self._lease_lapsed(lease_id)
+                self._rw.restore(key, key_rev, raw)
 
-        return _Part(op_txn([mod_is(key, rev)], success), done, 3 * len(raw_i) + 400)
+        # only while this node's lease lives: a claim under a lapsed lease would be re-queued at once
+        lkey = self._lease_key(lease_id)
+        return _Part(op_txn([mod_is(key, rev), present(lkey)], success, [op_range(lkey, keys_only=True)]), done,
+                     3 * len(raw_i) + 400)
 
     def _finish_part(self, node: str, oc: Outcome, st: _State, t: float, oks: list[bool | None], idx: int,
                      fresh: dict[str, _State]) -> _Part:
@@ -790,7 +876,7 @@ class EtcdStore(Store):
         cancel = bool(st.p.get("cancel"))
         hist = [{"uuid": u, "kind": kind, "state": oc.state.value, "ts": t, "attempt": attempts, "node": node,
                  "detail": oc.error or oc.detail}]
-        success = [op_delete(self._kp + b), op_delete(self._kc + b)]
+        success = [op_delete(self._kp + b)]
         rec["lease_ts"] = None
         qkey = None
         if oc.retry_at is not None and not cancel:
@@ -953,7 +1039,7 @@ class EtcdStore(Store):
                 if st.p is None or st.p.get("node") != node:
                     lost.add(u)
                     continue
-                p = dict(st.p, lease_ts=t + lease)
+                p = dict(st.p, lease_ts=t + lease, lease=lease_id)  # a lease granted anew is named here
                 b = u.encode()
 
                 def done(r: Any, rev: int, u: str = u, st: _State = st, p: dict[str, Any] = p) -> None:
@@ -967,8 +1053,7 @@ class EtcdStore(Store):
                         np = self._decode_p(kvs[0].key, kvs[0].value) if kvs else None
                         retry[u] = st._replace(p=np, p_rev=kvs[0].mod_revision if kvs else 0)
 
-                parts.append(_Part(op_txn([mod_is(self._kp + b, st.p_rev)],
-                                          [op_put(self._kp + b, _j(p)), op_put(self._kc + b, node.encode(), lease_id)],
+                parts.append(_Part(op_txn([mod_is(self._kp + b, st.p_rev)], [op_put(self._kp + b, _j(p))],
                                           [op_range(self._kp + b)]), done, 300))
             await self._send(parts)
             states.update(retry)
@@ -978,9 +1063,10 @@ class EtcdStore(Store):
         return LeaseReport(frozenset(lost), frozenset(cancel))
 
     async def _reclaim(self, node: str, uuids: Sequence[str]) -> list[Instance]:
-        """Re-queue (or cancel) instances whose lease expired or whose claim key vanished."""
+        """Re-queue (or cancel) instances whose lease ended or whose node's etcd lease is gone."""
         out: list[Instance] = []
         states = await self._read(list(uuids))
+        live = self._live = await self._live_leases()
         t = _now()
         parts = []
         for u, st in states.items():
@@ -989,14 +1075,10 @@ class EtcdStore(Store):
                 self._running.pop(u, None)
             else:
                 self._running[u] = (st.p_rev, st.p)
-            if st.c_rev:
-                self._claimkeys[u] = st.c_rev
-            else:
-                self._claimkeys.pop(u, None)
             rec, p = st.rec, st.p
             if rec is None or p is None or rec.get("state") != _PROCESSING:
                 continue
-            if st.c_rev and float(p.get("lease_ts") or 0) >= t:
+            if self._holds(p, live, t):
                 continue  # still held
             b = u.encode()
             lost_node = p.get("node") or "?"
@@ -1014,7 +1096,7 @@ class EtcdStore(Store):
                      "detail": f"attempt {attempts} abandoned: node {lost_node} lost its lease; re-queued"}
                 qkey = self._queue_key(rec, t)
             raw = _j(rec)
-            success = [op_delete(self._kp + b), op_delete(self._kc + b), op_put(self._ki + b, raw)]
+            success = [op_delete(self._kp + b), op_put(self._ki + b, raw)]
             if qkey is not None:
                 success.append(op_put(qkey, raw))
             success += self._hist_ops(u, [h])
@@ -1028,8 +1110,9 @@ class EtcdStore(Store):
                         (self._rw if qkey.startswith(self._kr) else self._dw).put(qkey, rev, raw)
                         out.append(self._instance(rec))
 
-            parts.append(_Part(op_txn([mod_is(self._ki + b, st.i_rev), mod_is(self._kp + b, st.p_rev),
-                                       mod_is(self._kc + b, st.c_rev)], success), done, 3 * len(raw) + 400))
+            # (a heartbeat meanwhile changes the running entry: then it is not taken)
+            parts.append(_Part(op_txn([mod_is(self._ki + b, st.i_rev), mod_is(self._kp + b, st.p_rev)], success),
+                               done, 3 * len(raw) + 400))
         await self._send(parts)
         if out:
             self._wake()
@@ -1037,13 +1120,12 @@ class EtcdStore(Store):
 
     async def reclaim_expired(self, node: str) -> list[Instance]:
         t = _now()
-        claims = {kv.key[len(self._kc):] async for kv in self._scan(self._kc, prefix_end(self._kc), keys_only=True)}
+        live = await self._live_leases()
         expired = []
         async for kv in self._scan(self._kp, prefix_end(self._kp)):
-            u = kv.key[len(self._kp):]
             p = self._decode_p(kv.key, kv.value)
-            if p is not None and (u not in claims or float(p.get("lease_ts") or 0) < t):
-                expired.append(u.decode())
+            if p is not None and not self._holds(p, live, t):
+                expired.append(kv.key[len(self._kp):].decode())
         found = await self._reclaim(node, expired) if expired else []
         await self._flush_corrupt()
         earlier, self._reclaimed = self._reclaimed, []
@@ -1068,8 +1150,7 @@ class EtcdStore(Store):
                            cancel_requested=False)
                 raw = _j(rec)
                 qkey = self._queue_key(rec, t)
-                success = [op_delete(self._kp + b), op_delete(self._kc + b), op_put(self._ki + b, raw),
-                           op_put(qkey, raw)]
+                success = [op_delete(self._kp + b), op_put(self._ki + b, raw), op_put(qkey, raw)]
                 success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t,
                                                "attempt": a, "node": node, "detail": f"released by node {node}"}])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -87,19 +88,46 @@ async def test_large_reads_are_paged(store: EtcdStore) -> None:
     assert len(await store.lookup_history(Query(limit=5))) == 5
 
 
-async def test_claim_keys_hang_on_this_node_etcd_lease(store: EtcdStore) -> None:
+async def test_running_entries_name_this_node_etcd_lease_whose_liveness_key_hangs_on_it(store: EtcdStore) -> None:
     inst = _inst()
     await store.enqueue([inst])
     [got] = await store.claim("n1", 1, 5.0)
     c = store._c()
-    claim = await c.range(store._kc + inst.uuid.encode())
-    assert claim.kvs and claim.kvs[0].lease == store._leases[5]
-    # the lease gone (its node died): the claim key goes with it, and the instance is re-queued
-    await c.revoke(store._leases[5])
-    assert not (await c.range(store._kc + inst.uuid.encode())).kvs
-    [again] = await store.reclaim_expired("n2")
-    assert again.uuid == inst.uuid and again.state is State.SCHEDULED and again.abandoned == 1
+    lease_id = store._leases[5]
+    running = await c.range(store._kp + inst.uuid.encode())
+    assert json.loads(running.kvs[0].value)["lease"] == lease_id
+    alive = await c.range(store._lease_key(lease_id))
+    assert alive.kvs and alive.kvs[0].lease == lease_id
+    # one key per lease, not per claim: a second claim adds no key under q/n/
+    await store.enqueue([_inst()])
+    assert len(await store.claim("n1", 1, 5.0)) == 1
+    assert len((await c.range(store._kn, prefix_end(store._kn), keys_only=True)).kvs) == 1
+    # the lease gone (its node died): its liveness key goes with it, and the instances are re-queued
+    await c.revoke(lease_id)
+    assert not (await c.range(store._lease_key(lease_id))).kvs
+    again = await store.reclaim_expired("n2")
+    assert inst.uuid in {i.uuid for i in again}
+    assert all(i.state is State.SCHEDULED and i.abandoned == 1 for i in again) and len(again) == 2
     assert await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED)]) == [False]
+
+
+async def test_a_claim_under_a_lapsed_lease_takes_nothing_and_the_next_claim_gets_a_new_lease(
+        store: EtcdStore) -> None:
+    first = _inst(args=[0])
+    await store.enqueue([first])
+    assert len(await store.claim("n1", 1, 5.0)) == 1
+    old = store._leases[5]
+    await store._c().revoke(old)  # expired behind the node's back (the keepalive has not seen it yet)
+    inst = _inst(args=[1])
+    await store.enqueue([inst])
+    assert await store.claim("n1", 1, 5.0) == []  # nothing taken under the lapsed lease ...
+    got = await store.claim("n1", 2, 5.0)  # ... and the next claim gets a new one
+    assert store._leases[5] != old
+    # the first instance, held under the lapsed lease, was re-queued as abandoned and is taken again
+    assert {(g.uuid, g.attempts, g.abandoned) for g in got} == {(first.uuid, 2, 1), (inst.uuid, 1, 0)}
+    for g in got:
+        running = await store._c().range(store._kp + g.uuid.encode())
+        assert json.loads(running.kvs[0].value)["lease"] == store._leases[5]
 
 
 # -- corrupt records -------------------------------------------------------------------------------------------
@@ -157,3 +185,25 @@ async def test_watch_resumed_past_a_compaction_reads_the_queue_again(store: Etcd
     assert time.monotonic() - t < 3.0
     [got] = await store.claim("n1", 10, 30.0)
     assert got.uuid == inst.uuid
+
+
+def test_a_read_of_the_queue_answered_after_newer_watch_events_does_not_undo_them() -> None:
+    """The watch applied a put (rev 12) and a delete (rev 13) while a read at rev 11 was in flight: the
+    read's answer must keep the new key in view (it was lost until the next read, up to the poll
+    interval: seen as a one-second stall at the end of the sequential benchmark) and not bring the
+    deleted one back."""
+    from types import SimpleNamespace
+
+    from gojob_store_etcd.store import _Window
+
+    w = _Window()
+    w.load([SimpleNamespace(key=b"q/a", mod_revision=5, value=b"a")], False, 10)
+    w.begin()  # the read is sent
+    assert w.put(b"q/b", 12, b"b")
+    w.delete(b"q/a", 13)
+    w.load([SimpleNamespace(key=b"q/a", mod_revision=5, value=b"a")], False, 11)  # ... and answers (rev 11)
+    w.end()
+    assert w.keys == [b"q/b"] and w.vals == {b"q/b": (12, b"b")}
+    assert w.events == []  # nothing kept once no read is in flight
+    w.put(b"q/c", 14, b"c")
+    assert w.events == [] and w.keys == [b"q/b", b"q/c"]
