@@ -7,7 +7,7 @@ import base64
 import json
 import time
 import uuid as _uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 
 import anyio
@@ -228,3 +228,141 @@ async def test_an_enqueue_retried_after_a_crash_writes_the_lost_index_key() -> N
     assert await store.claim("n", 1, 30) == []
     assert await store.enqueue([inst]) == [False]
     assert [i.uuid for i in await store.claim("n", 1, 30)] == [inst.uuid]
+
+
+# -- history is part of the state change's compare-and-set ----------------------------------------------
+class _NodeDied(Exception):
+    pass
+
+
+class _DyingBackend(MemoryKvBackend):
+    """Raises (the node "dies") once, right after the instance record carrying new history records was
+    written (``die_at="record"``), or right after those records were copied to their keys but before
+    the record was cleared of them (``die_at="copy"``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.die_at: str | None = None
+
+    async def compare_and_set(self, key: str, value: bytes, version: int | None) -> int | None:
+        got = await super().compare_and_set(key, value, version)
+        if (self.die_at == "record" and got is not None and key.startswith("gojob/i/")
+                and b'"_history"' in value):
+            self.die_at = None
+            raise _NodeDied
+        return got
+
+    async def set_many(self, items: Iterable[tuple[str, bytes]]) -> None:
+        items = list(items)
+        await super().set_many(items)
+        if self.die_at == "copy" and any(k.startswith("gojob/h/") for k, _ in items):
+            self.die_at = None
+            raise _NodeDied
+
+
+async def _pending(backend: MemoryKvBackend, uuid: str) -> dict[str, object]:
+    entry = await backend.get(f"gojob/i/{uuid}")
+    assert entry is not None
+    return json.loads(entry.value).get("_history", {})
+
+
+async def _history_keys(backend: MemoryKvBackend) -> list[str]:
+    return [e.key for e in await backend.scan("gojob/h/", keys_only=True)]
+
+
+_BEFORE = {"enqueue": [], "claim": ["enqueue"], "finish": ["enqueue", "claim"], "retry": ["enqueue", "claim"],
+           "reclaim": ["enqueue", "claim"], "cancel": ["enqueue"]}
+_ADDS = {"enqueue": [State.CREATED, State.SCHEDULED], "claim": [State.PROCESSING], "finish": [State.COMPLETED],
+         "retry": [State.TERMINATED, State.SCHEDULED], "reclaim": [State.SCHEDULED], "cancel": [State.CANCELED]}
+
+
+@pytest.mark.parametrize("die_at", ["record", "copy"])
+@pytest.mark.parametrize("step", list(_ADDS))
+async def test_a_node_dying_after_the_state_change_loses_no_history(step: str, die_at: str) -> None:
+    backend = _DyingBackend()
+    store = KvStore(backend)
+    inst = _inst(max_retries=3)
+
+    async def do(name: str) -> None:
+        if name == "enqueue":
+            await store.enqueue([inst])
+        elif name == "claim":
+            assert len(await store.claim("n", 1, 0.01 if step == "reclaim" else 30)) == 1
+        elif name == "finish":
+            await store.finish("n", [Outcome(inst.uuid, State.COMPLETED, result=1)])
+        elif name == "retry":
+            await store.finish("n", [Outcome(inst.uuid, State.TERMINATED, error="boom", retry_at=time.time() + 60)])
+        elif name == "reclaim":
+            await anyio.sleep(0.05)
+            await store.reclaim_expired("m")
+        else:
+            await store.cancel(inst.uuid)
+
+    for name in _BEFORE[step]:
+        await do(name)
+    before = await _history_keys(backend)
+    backend.die_at = die_at
+    with pytest.raises(_NodeDied):
+        await do(step)
+    expected = [s for name in [*_BEFORE[step], step] for s in _ADDS[name]]
+
+    # the change and its history records landed in one write: they are in the instance record
+    other = KvStore(backend)
+    pending = await _pending(backend, inst.uuid)
+    assert sorted(State(r["state"]) for r in pending.values()) == sorted(_ADDS[step])  # type: ignore[index]
+    copied = set(await _history_keys(backend)) - set(before)
+    assert copied == (set(pending) if die_at == "copy" else set())
+    # every query sees them, exactly once
+    assert [h.state for h in await other.lookup_history(Query(instance=inst))] == expected
+    assert [h.state for h in await other.lookup_history(Query())] == expected
+    assert [h.state for h in await other.lookup_history(Query(kind="k"))] == expected
+    last = _ADDS[step][-1]
+    assert [h.state for h in await other.lookup_history(Query(state=last))] == [s for s in expected if s is last]
+    assert len(await other.lookup_history(Query(since=time.time() - 60, until=time.time() + 1))) == len(expected)
+
+    # a later read flushes them: copied to their keys, cleared from the record, still once
+    await other.get_instance(inst.uuid)
+    assert await _pending(backend, inst.uuid) == {}
+    assert set(pending) <= set(await _history_keys(backend))
+    assert len(await _history_keys(backend)) == len(expected)
+    assert [h.state for h in await other.lookup_history(Query(instance=inst))] == expected
+
+
+async def test_history_left_in_the_record_is_carried_by_the_next_change() -> None:
+    backend = _DyingBackend()
+    store = KvStore(backend)
+    inst = _inst()
+    backend.die_at = "record"
+    with pytest.raises(_NodeDied):
+        await store.enqueue([inst])
+    await store.enqueue([inst])  # retried after the crash: the index key, and the history flushed
+    assert await _pending(backend, inst.uuid) == {}
+    assert len(await _history_keys(backend)) == 2
+    backend.die_at = "record"
+    with pytest.raises(_NodeDied):
+        await store.claim("n", 1, 30)
+    assert await store.finish("n", [Outcome(inst.uuid, State.COMPLETED)]) == [True]  # carries PROCESSING
+    assert await _pending(backend, inst.uuid) == {}
+    hist = await store.lookup_history(Query(instance=inst))
+    assert [h.state for h in hist] == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
+    assert len(await _history_keys(backend)) == 4
+
+
+async def test_clearing_counts_and_keeps_history_left_in_the_record() -> None:
+    backend = _DyingBackend()
+    store = KvStore(backend)
+    a, b = _inst(), _inst()
+    for inst in (a, b):
+        backend.die_at = "record"
+        with pytest.raises(_NodeDied):
+            await store.enqueue([inst])
+    # clear_history removes pending records from the record too: no later flush brings them back
+    assert await store.clear_history(Query(instance=a)) == 2
+    assert await _pending(backend, a.uuid) == {}
+    await store.get_instance(a.uuid)
+    assert await store.lookup_history(Query(instance=a)) == []
+    # clearing an instance copies its pending history out first: the history outlives it
+    assert await store.clear_instances(Query(instance=b)) == 1
+    assert [h.state for h in await store.lookup_history(Query())] == [State.CREATED, State.SCHEDULED]
+    assert await store.clear_history(Query()) == 2
+    assert await _history_keys(backend) == []

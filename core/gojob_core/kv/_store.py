@@ -4,7 +4,8 @@ Key layout (``{p}`` is the store's prefix, ``gojob/`` by default; ``{u}``, ``{k}
 kind and schedule id, percent-encoded so they contain no ``/``; numbers are zero-padded so keys sort):
 
 - ``{p}i/{u}``: the instance (JSON of ``Instance.to_dict()``), the source of truth, changed only by
-  compare-and-set;
+  compare-and-set; under ``"_history"`` it carries the history records of its transitions not yet
+  copied to their own keys (``{history key: record}``);
 - ``{p}q/r/{priority+2^63:20}/{ready_us:17}/{seq:20}/{u}/{k}``: the ready index, whose key order is
   the claim order; ``{p}q/d/{ready_us:17}/{seq:20}/{priority+2^63:20}/{u}/{k}``: the delayed index,
   moved to ``q/r/`` when due;
@@ -28,9 +29,16 @@ How the contract is kept with single-key compare-and-set only:
   starts over. So a stale key can always be told apart from a pending one, and a node dying between
   the two writes leaves at worst a stale key, never an instance nobody will run. A new instance is
   written before its index key (an enqueue retried after a crash writes the key again).
-- Every state change is one compare-and-set of the instance record. Its history records are written
-  just after it, in the same call: a node dying between the two loses those history records (the
-  state change itself is atomic).
+- Every state change is one compare-and-set of the instance record, and its history records are
+  part of that write: the new record carries them (with the keys they will have) under
+  ``"_history"``, together with any still there from earlier changes. The same call then copies them
+  to their ``h/`` keys and clears them from the record with a further compare-and-set (*flush*). A
+  copy is idempotent (the key travels with the record), a clear that loses a race is harmless (the
+  next writer carries them on, or flushes them), and a node dying in between leaves them in the
+  record: whoever reads or changes it next flushes them (a transition, claim, reclaim, get, list;
+  clearing an instance copies them first). History queries read the instance records first, then
+  the ``h/`` keys, and count a record by its key: each committed record is seen exactly once,
+  wherever it is at that moment.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 import anyio
@@ -64,6 +72,16 @@ _MAX_US = 10 ** 17 - 1
 
 #: what decide() returns in a transition: the new instance and the history records of the change
 _Plan = tuple[Instance, list[StateRecord]]
+#: the key, inside an instance record, of its history records not yet copied out ({key: record})
+_PENDING = "_history"
+
+
+class _Cur(NamedTuple):
+    """An instance record as read: the instance, the record's version, and its pending history."""
+
+    inst: Instance
+    version: int
+    pending: dict[str, dict[str, Any]]
 
 
 def _q(s: str) -> str:
@@ -179,31 +197,61 @@ class KvStore(Store):
         await self.backend.delete(entry.key, entry.version)
 
     @staticmethod
-    def _parse_instance(value: bytes) -> Instance:
+    def _parse(value: bytes) -> tuple[Instance, dict[str, dict[str, Any]]]:
+        """The instance of a record and its pending history records (each checked to decode)."""
         d = json.loads(value)
         if not isinstance(d, dict):
             raise ValueError(f"expected a JSON object, got {type(d).__name__}")
-        return Instance.from_dict(d)
+        pending = d.pop(_PENDING, None) or {}
+        if not isinstance(pending, dict):
+            raise ValueError(f"pending history is not a JSON object: {type(pending).__name__}")
+        for rec in pending.values():
+            StateRecord.from_dict(rec)
+        return Instance.from_dict(d), pending
 
-    async def _decode(self, entry: KvEntry | None) -> tuple[Instance, int] | None:
-        """The instance of an entry and its version; None if absent, or undecodable (then set aside)."""
+    @classmethod
+    def _parse_instance(cls, value: bytes) -> Instance:
+        return cls._parse(value)[0]
+
+    async def _decode(self, entry: KvEntry | None) -> _Cur | None:
+        """The record of an entry; None if absent, or undecodable (then set aside)."""
         if entry is None:
             return None
         try:
-            return self._parse_instance(entry.value), entry.version
-        except (KeyError, ValueError, TypeError) as exc:
+            inst, pending = self._parse(entry.value)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             await self._set_aside(entry, f"{type(exc).__name__}: {exc}")
             return None
+        return _Cur(inst, entry.version, pending)
 
-    async def _read(self, uuid: str) -> tuple[Instance, int] | None:
+    async def _read(self, uuid: str) -> _Cur | None:
         return await self._decode(await self.backend.get(self._k_inst(uuid)))
 
-    async def _cas(self, inst: Instance, version: int | None) -> int | None:
+    def _pend(self, pending: dict[str, dict[str, Any]], history: Sequence[StateRecord]) -> dict[str, dict[str, Any]]:
+        """``pending`` with ``history`` added, each record under the history key it will be copied to."""
+        return {**pending, **{self._rec_key("h", r.uuid, r.ts): r.to_dict() for r in history}}
+
+    async def _cas(self, inst: Instance, version: int | None,
+                   pending: dict[str, dict[str, Any]] | None = None) -> int | None:
+        """Write the instance record, with its pending history records, only if still at ``version``."""
+        d = inst.to_dict()
+        if pending:
+            d[_PENDING] = pending
         try:
-            value = _dumps(inst.to_dict())
+            value = _dumps(d)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"instance {inst.uuid} cannot be stored as JSON: {exc}") from exc
         return await self.backend.compare_and_set(self._k_inst(inst.uuid), value, version)
+
+    async def _flush(self, curs: Sequence[_Cur | None]) -> None:
+        """Copy the pending history records of these records to their keys (idempotent), then clear
+        them from each record if it is unchanged (if not, its next writer carries them on)."""
+        curs = [c for c in curs if c is not None and c.pending]
+        if not curs:
+            return
+        await self.backend.set_many([(k, _dumps(r)) for c in curs for k, r in c.pending.items()])
+        for c in curs:
+            await self._cas(c.inst, c.version)
 
     async def _write_records(self, kind: str, records: Sequence[StateRecord | LogRecord]) -> None:
         if records:
@@ -234,8 +282,9 @@ class KvStore(Store):
         is written before the instance. Returns the instance as it was read and as it was written."""
         while True:
             cur = await self._decode(entry)
-            plan = decide(cur[0].copy() if cur is not None else None)
+            plan = decide(cur.inst.copy() if cur is not None else None)
             if plan is None or cur is None:
+                await self._flush([cur])
                 return None
             new, history = plan
             qkey = None
@@ -243,18 +292,20 @@ class KvStore(Store):
                 new.seq = await self._alloc_seq(1)
                 qkey = self._queue_key(new, now())
                 await self.backend.set(qkey, b"")
-            if await self._cas(new, cur[1]) is not None:
-                await self._write_records("h", history)
-                return cur[0], new
+            pending = self._pend(cur.pending, history)  # the history is part of the same write
+            version = await self._cas(new, cur.version, pending)
+            if version is not None:
+                await self._flush([_Cur(new, version, pending)])
+                return cur.inst, new
             if qkey is not None:
                 await self.backend.delete(qkey)
             entry = await self.backend.get(self._k_inst(uuid))
 
-    def _classify(self, cur: tuple[Instance, int] | None, seq: int) -> str:
+    def _classify(self, cur: _Cur | None, seq: int) -> str:
         """What an index key written for ``seq`` is worth: "ok" (claimable), "stale" or "pending"."""
         if cur is None:
             return "stale"
-        inst = cur[0]
+        inst = cur.inst
         if inst.seq == seq:
             return "ok" if inst.state is State.SCHEDULED else "stale"
         if inst.seq > seq or inst.state.is_final:
@@ -285,6 +336,7 @@ class KvStore(Store):
             await b.set_many(members)  # before the instance, so a cancel of the schedule finds it
         seq = await self._alloc_seq(len(instances))
         added: list[Instance] = []
+        written: list[_Cur | None] = []
         out: list[bool] = []
         requeue: list[str] = []
         for n, given in enumerate(instances):
@@ -294,16 +346,19 @@ class KvStore(Store):
             inst = given.copy()
             inst.state = State.SCHEDULED
             inst.seq = seq + n
-            if await self._cas(inst, None) is None:
+            pending = self._pend({}, [_record(inst, State.CREATED, ts, node), _record(inst, State.SCHEDULED, ts, node)])
+            version = await self._cas(inst, None, pending)
+            if version is None:
                 out.append(False)
                 cur = await self._read(inst.uuid)  # an enqueue retried after a crash: its index key again
-                if cur is not None and cur[0].state is State.SCHEDULED:
-                    requeue.append(self._queue_key(cur[0], ts))
+                if cur is not None and cur.inst.state is State.SCHEDULED:
+                    requeue.append(self._queue_key(cur.inst, ts))
+                written.append(cur)
                 continue
             added.append(inst)
+            written.append(_Cur(inst, version, pending))
             out.append(True)
-        await self._write_records("h", [r for i in added for r in (_record(i, State.CREATED, ts, node),
-                                                                   _record(i, State.SCHEDULED, ts, node))])
+        await self._flush(written)
         requeue += [self._queue_key(i, ts) for i in added]
         if requeue:
             await b.set_many([(k, b"") for k in requeue])
@@ -375,7 +430,7 @@ class KvStore(Store):
         await self._promote_due(ts)
         out: list[Instance] = []
         taken: list[str] = []
-        history: list[StateRecord] = []
+        written: list[_Cur | None] = []
         after: str | None = None
         more = True
         while more and len(out) < limit:
@@ -385,22 +440,30 @@ class KvStore(Store):
                     break
                 if cls != "ok" or cur is None:
                     continue
-                inst, version = cur
                 # the running index first: a node dying after the claim still leaves it for reclaim
-                await b.set(self._k_running(inst), node.encode())
-                new = inst.copy()
-                new.state = State.PROCESSING
-                new.attempts += 1
-                new.started_ts = ts
-                new.node = node
-                new.lease_ts = ts + lease
-                if await self._cas(new, version) is not None:
-                    out.append(new)
-                    taken.append(key)
-                    history.append(_record(new, State.PROCESSING, ts, node))
+                await b.set(self._k_running(cur.inst), node.encode())
+                while cur is not None:
+                    new = cur.inst.copy()
+                    new.state = State.PROCESSING
+                    new.attempts += 1
+                    new.started_ts = ts
+                    new.node = node
+                    new.lease_ts = ts + lease
+                    pending = self._pend(cur.pending, [_record(new, State.PROCESSING, ts, node)])
+                    version = await self._cas(new, cur.version, pending)
+                    if version is not None:
+                        out.append(new)
+                        taken.append(key)
+                        written.append(_Cur(new, version, pending))
+                        break
+                    # the record changed: still claimable at this seq (a flush, say)? then try again
+                    seq = cur.inst.seq
+                    cur = await self._read(cur.inst.uuid)
+                    if self._classify(cur, seq) != "ok":
+                        break
         if taken:
             await b.delete_many(taken)
-            await self._write_records("h", history)
+            await self._flush(written)
         return out
 
     async def _has_ready(self) -> bool:
@@ -482,11 +545,13 @@ class KvStore(Store):
         out: list[Instance] = []
         for (key, uuid, seq), entry in zip(keys, entries):
             cur = await self._decode(entry)
-            if cur is None or cur[0].state.is_final or cur[0].seq > seq:
+            if cur is None or cur.inst.state.is_final or cur.inst.seq > seq:
                 drop.append(key)  # a claim that lost its race, or ended by a node that died meanwhile
+                await self._flush([cur])
                 continue
-            inst = cur[0]
+            inst = cur.inst
             if inst.state is not State.PROCESSING or inst.lease_ts is None or inst.lease_ts >= ts:
+                await self._flush([cur])  # a claim whose node died before it copied the history out
                 continue
 
             def decide(inst: Instance | None) -> _Plan | None:
@@ -616,7 +681,7 @@ class KvStore(Store):
         cur = await self._read(uuid)
         if cur is None:
             return None
-        target = cur[0]
+        target = cur.inst
         affected = [uuid]
         if target.schedule_id is not None:
             sid = _q(target.schedule_id)
@@ -628,8 +693,7 @@ class KvStore(Store):
                     affected.append(u)
         for u in affected:
             await self._cancel_one(u, node)
-        cur = await self._read(uuid)
-        return cur[0] if cur is not None else None
+        return await self.get_instance(uuid)
 
     async def cancel_notifications(self) -> AsyncIterator[str]:
         n = len(self._k_cancel)
@@ -648,9 +712,10 @@ class KvStore(Store):
 
     async def get_instance(self, uuid: str) -> Instance | None:
         cur = await self._read(uuid)
-        return cur[0] if cur is not None else None
+        await self._flush([cur])
+        return cur.inst if cur is not None else None
 
-    async def _all_instances(self) -> AsyncIterator[tuple[Instance, int]]:
+    async def _all_instances(self) -> AsyncIterator[_Cur]:
         async for entry in self._scan_all(self.prefix + "i/"):
             cur = await self._decode(entry)
             if cur is not None:
@@ -661,7 +726,9 @@ class KvStore(Store):
             inst = await self.get_instance(query.uuid)
             found = [inst] if inst is not None and query.matches_instance(inst) else []
         else:
-            found = [i async for i, _ in self._all_instances() if query.matches_instance(i)]
+            curs = [c async for c in self._all_instances()]
+            await self._flush(curs)
+            found = [c.inst for c in curs if query.matches_instance(c.inst)]
             found.sort(key=lambda i: (i.created_ts, i.uuid))
         return query.apply_limit(found)
 
@@ -673,9 +740,11 @@ class KvStore(Store):
         else:
             candidates = [c async for c in self._all_instances()]
         n = 0
-        for inst, version in candidates:
+        for inst, version, pending in candidates:
             if not query.matches_instance(inst) or inst.state is State.PROCESSING:
                 continue
+            if pending:  # its history outlives it: copied out before the record goes
+                await b.set_many([(k, _dumps(r)) for k, r in pending.items()])
             if await b.delete(self._k_inst(inst.uuid), version):  # only if unchanged since read
                 n += 1
                 extra = [self._k_running(inst), self._k_cancel + _q(inst.uuid), *self._index_keys(inst)]
@@ -734,27 +803,53 @@ class KvStore(Store):
         return await self.get_instance(uuid)
 
     # -- history and logs ----------------------------------------------------------------------------
-    async def _records(self, kind: str, query: Query,
-                       load: Callable[[dict[str, Any]], Any]) -> list[tuple[float, str, Any]]:
+    async def _records(self, kind: str, query: Query, load: Callable[[dict[str, Any]], Any],
+                       pending: Sequence[_Cur] = ()) -> list[tuple[float, str, Any]]:
+        """Matching records of ``kind`` by key, those still pending in ``pending`` included, each once."""
         prefix = f"{self.prefix}{kind}/" + (f"{_q(query.uuid)}/" if query.uuid is not None else "")
-        found = []
+        found: dict[str, tuple[float, str, Any]] = {}
+        for cur in pending:
+            for key, d in cur.pending.items():
+                if key.startswith(prefix) and query.matches_record(rec := load(d)):
+                    found[key] = (rec.ts, key, rec)
         async for entry in self._scan_all(prefix):
+            if entry.key in found:
+                continue  # copied out after the instance record was read: the same record
             try:
                 rec = load(json.loads(entry.value))
             except (KeyError, ValueError, TypeError, AttributeError) as exc:
                 await self._set_aside(entry, f"{type(exc).__name__}: {exc}")
                 continue
             if query.matches_record(rec):
-                found.append((rec.ts, entry.key, rec))
-        found.sort(key=lambda t: (t[0], t[1]))
-        return found
+                found[entry.key] = (rec.ts, entry.key, rec)
+        return sorted(found.values(), key=lambda t: (t[0], t[1]))
+
+    async def _history(self, query: Query) -> tuple[list[_Cur], list[tuple[float, str, StateRecord]]]:
+        """The instance records with pending history, then the matching history records, each once.
+
+        The instance records are read first: a record copied out meanwhile is then found under its
+        key (the same key it had in the record), one cleared from a record was copied before."""
+        if query.uuid is not None:
+            cur = await self._read(query.uuid)
+            curs = [cur] if cur is not None and cur.pending else []
+        else:
+            curs = [c async for c in self._all_instances() if c.pending]
+        return curs, await self._records("h", query, StateRecord.from_dict, curs)
 
     async def lookup_history(self, query: Query) -> list[StateRecord]:
-        return query.apply_limit([r for _, _, r in await self._records("h", query, StateRecord.from_dict)])
+        return query.apply_limit([r for _, _, r in (await self._history(query))[1]])
 
     async def clear_history(self, query: Query) -> int:
-        found = await self._records("h", query, StateRecord.from_dict)
-        await self.backend.delete_many([k for _, k, _ in found])
+        curs, found = await self._history(query)
+        keys = {k for _, k, _ in found}
+        for cur in curs:  # first out of the instance records (so no flush copies them again), then the keys
+            c: _Cur | None = cur
+            while c is not None and keys.intersection(c.pending):
+                kept = {k: r for k, r in c.pending.items() if k not in keys}
+                if await self._cas(c.inst, c.version, kept) is not None:
+                    break
+                c = await self._read(c.inst.uuid)
+        await self.backend.delete_many(sorted(keys))
         return len(found)
 
     async def append_logs(self, records: Sequence[LogRecord]) -> None:
