@@ -1,7 +1,11 @@
-"""Nodes on one shared Valkey store: one cluster; SIGTERM with instances running loses nothing."""
+"""Nodes on one shared Valkey store: one cluster; SIGTERM or SIGINT (Ctrl-C) with instances running loses
+nothing: running instances finish or are handed back to the queue, a second Ctrl-C does not cut the
+shutdown short, and the exit status is 0 (no KeyboardInterrupt traceback: the fixture fails a test whose
+node logged one)."""
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +25,18 @@ async def until_state(c: Any, uuid: str, state: gojob.State, timeout: float = 15
     with anyio.fail_after(timeout):
         while (await c.lookup_instance(uuid)).state is not state:
             await anyio.sleep(0.02)
+
+
+async def two_running(node: Node, tmp_path: Path) -> tuple[Any, Any]:
+    """Two instances running on ``node`` (started with --shutdown-timeout 3): one that finishes during a
+    shutdown, one that is interrupted after the shutdown timeout and handed back to the queue."""
+    async with node.client() as c:
+        # first_slow sleeps on its first run only: 1s for one, 60s for the other
+        finishing = await c.schedule("first_slow", (str(tmp_path / "m1"), 1.0))
+        handed_back = await c.schedule("first_slow", (str(tmp_path / "m2"), 60.0))
+        for inst in (finishing, handed_back):
+            await until_state(c, inst.uuid, gojob.State.PROCESSING)
+    return finishing, handed_back
 
 
 async def test_two_nodes_on_one_valkey_store_see_each_others_instances(valkey_server: Server,
@@ -61,13 +77,7 @@ async def test_sigterm_with_instances_running_loses_nothing(valkey_server: Serve
                                                             tmp_path: Path) -> None:
     store = store_url(valkey_server)
     node = nodes("--shutdown-timeout", "3", "--workers", "2", store=store, name="node-a")
-    async with node.client() as c:
-        # first_slow sleeps on its first run only: 1s for one (it finishes during the shutdown),
-        # 60s for the other (it is interrupted after --shutdown-timeout and handed back)
-        finishing = await c.schedule("first_slow", (str(tmp_path / "m1"), 1.0))
-        handed_back = await c.schedule("first_slow", (str(tmp_path / "m2"), 60.0))
-        for inst in (finishing, handed_back):
-            await until_state(c, inst.uuid, gojob.State.PROCESSING)
+    finishing, handed_back = await two_running(node, tmp_path)
     t0 = time.monotonic()
     assert node.stop() == 0  # SIGTERM by PID; a clean exit
     elapsed = time.monotonic() - t0
@@ -82,6 +92,38 @@ async def test_sigterm_with_instances_running_loses_nothing(valkey_server: Serve
         again = await c.wait(handed_back, timeout=15)
         assert again.state is gojob.State.COMPLETED
         assert again.result == {"node": "node-a", "first_run": False}  # ran again after the restart
+        history = await c.lookup_instance_history(handed_back)
+        states = [r.state.value for r in history]
+        assert states == ["CREATED", "SCHEDULED", "PROCESSING", "SCHEDULED", "PROCESSING", "COMPLETED"], states
+        assert history[3].detail == "released by node node-a"
+        assert again.attempts == 1  # a hand-back does not use up an attempt
+
+
+async def test_sigint_with_instances_running_loses_nothing(valkey_server: Server, nodes: NodeFactory,
+                                                           tmp_path: Path) -> None:
+    store = store_url(valkey_server)
+    node = nodes("--shutdown-timeout", "3", "--workers", "2", store=store, name="node-a")
+    finishing, handed_back = await two_running(node, tmp_path)
+
+    node.proc.send_signal(signal.SIGINT)  # Ctrl-C, by PID
+    deadline = time.monotonic() + 15
+    while "SIGINT: stopping node node-a" not in node.output() and node.proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert "SIGINT: stopping node node-a" in node.output(), node.output()[-3000:]
+    assert node.stop(signal.SIGINT) == 0  # a second Ctrl-C while it stops; still a clean exit
+    log = node.output()
+    assert "SIGINT: node node-a is already stopping" in log, log[-3000:]
+    assert "KeyboardInterrupt" not in log and "node node-a stopped" in log, log[-3000:]
+
+    restarted = nodes("--workers", "2", store=store, name="node-b")  # another node on the store
+    async with restarted.client() as c:
+        done = await c.wait(finishing, timeout=15)
+        assert done.state is gojob.State.COMPLETED
+        assert done.result == {"node": "node-a", "first_run": True}  # finished before node-a exited
+        again = await c.wait(handed_back, timeout=15)
+        assert again.state is gojob.State.COMPLETED
+        assert again.result == {"node": "node-b", "first_run": False}  # handed back, ran again on node-b
         history = await c.lookup_instance_history(handed_back)
         states = [r.state.value for r in history]
         assert states == ["CREATED", "SCHEDULED", "PROCESSING", "SCHEDULED", "PROCESSING", "COMPLETED"], states
