@@ -1062,11 +1062,13 @@ class EtcdStore(Store):
                 break
         return LeaseReport(frozenset(lost), frozenset(cancel))
 
-    async def _reclaim(self, node: str, uuids: Sequence[str]) -> list[Instance]:
+    async def _reclaim(self, node: str, uuids: Sequence[str], live: set[int] | None = None) -> list[Instance]:
         """Re-queue (or cancel) instances whose lease ended or whose node's etcd lease is gone."""
         out: list[Instance] = []
         states = await self._read(list(uuids))
-        live = self._live = await self._live_leases()
+        if live is None:  # the caller's fresh scan, else one now (the watch's view may lag)
+            live = await self._live_leases()
+        self._live = live
         t = _now()
         parts = []
         for u, st in states.items():
@@ -1126,7 +1128,7 @@ class EtcdStore(Store):
             p = self._decode_p(kv.key, kv.value)
             if p is not None and not self._holds(p, live, t):
                 expired.append(kv.key[len(self._kp):].decode())
-        found = await self._reclaim(node, expired) if expired else []
+        found = await self._reclaim(node, expired, live) if expired else []
         await self._flush_corrupt()
         earlier, self._reclaimed = self._reclaimed, []
         return earlier + found
