@@ -432,9 +432,16 @@ def range_request(key: bytes, end: bytes = b"", *, limit: int = 0, desc: bool = 
 # The helpers below fill a RequestOp's inner message in place: with upb, a message given to a
 # constructor is copied, and the nested transactions of a batch copied every operation three times
 # (building a claim's or a finish's transaction took 14.6 µs instead of 8.8).
-def op_range(key: bytes, end: bytes = b"", **kw: Any) -> Any:
+def op_range(key: bytes, end: bytes = b"", *, limit: int = 0, keys_only: bool = False) -> Any:
     op = RequestOp()
-    op.request_range.CopyFrom(range_request(key, end, **kw))
+    r = op.request_range
+    r.key = key
+    if end:
+        r.range_end = end
+    if limit:
+        r.limit = limit
+    if keys_only:
+        r.keys_only = True
     return op
 
 

@@ -32,7 +32,6 @@ import bisect
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import math
 import os
@@ -59,6 +58,7 @@ from ._client import (
     prefix_end,
     present,
 )
+from ._codec import dumps, loads
 
 __all__ = ["EtcdStore"]
 
@@ -73,12 +73,8 @@ _SCHEDULED, _PROCESSING, _CREATED = State.SCHEDULED.value, State.PROCESSING.valu
 _CANCELED = State.CANCELED.value
 _WAITING = (_SCHEDULED, _CREATED)
 
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
-_loads = json.loads
-
-
-def _j(obj: Any) -> bytes:
-    return _dumps(obj).encode()
+_j = dumps
+_loads = loads
 
 
 # -- clocks and counters (per process) ---------------------------------------------------------------------
@@ -420,13 +416,18 @@ class EtcdStore(Store):
         return _Part(op, lambda r, rev: None, len(raw) + 200)
 
     def _decode_rec(self, key: bytes, raw: bytes) -> dict[str, Any] | None:
+        got = self._decode_inst(key, raw)
+        return None if got is None else got[0]
+
+    def _decode_inst(self, key: bytes, raw: bytes) -> tuple[dict[str, Any], Instance] | None:
+        """The record and the instance it describes; None (and reported) if it cannot be decoded."""
         try:
             d = _loads(raw)
-            Instance.from_dict(d)  # validates every field
+            inst = Instance.from_dict(d)  # validates every field
             if not isinstance(d.get("seq"), int) or not isinstance(d.get("ready_ts"), (int, float)) \
                     or not isinstance(d.get("priority"), int):
                 raise ValueError("seq, ready_ts or priority has the wrong type")
-            return d  # type: ignore[no-any-return]
+            return d, inst
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._report(key, f"{type(exc).__name__}: {exc}", raw)
             return None
@@ -598,7 +599,9 @@ class EtcdStore(Store):
                 u = key[lp:].decode(errors="replace")
                 if sub == b"p/":
                     if put:
-                        p = self._decode_p(key, kv.value)
+                        held = self._held.get(u)
+                        # this node's own claim: the entry it wrote is known (no need to decode it)
+                        p = held.p if held is not None and held.p_rev == rev else self._decode_p(key, kv.value)
                         self._running[u] = (rev, p)
                         if p is not None and p.get("cancel"):
                             self._notify_cancel(u)
@@ -836,14 +839,18 @@ class EtcdStore(Store):
 
     def _claim_part(self, node: str, lease: float, lease_id: int, t: float, key: bytes, rev: int, raw: bytes,
                     out: list[Instance]) -> _Part:
-        rec = self._decode_rec(key, raw)
-        if rec is None or rec.get("state") != _SCHEDULED:
+        got = self._decode_inst(key, raw)
+        if got is None or got[0].get("state") != _SCHEDULED:
             return self._quarantine(key, rev, raw, "queued record cannot be decoded or is not SCHEDULED")
+        rec, inst = got
         u = rec["uuid"]
         b = u.encode()
         attempts = int(rec.get("attempts") or 0) + 1
         rec.update(state=_PROCESSING, attempts=attempts, started_ts=t, node=node, lease_ts=t + lease,
                    cancel_requested=False)
+        # the instance handed to the worker: the record as claimed (built once, from the decode above)
+        inst.state, inst.attempts, inst.started_ts, inst.node = State.PROCESSING, attempts, t, node
+        inst.lease_ts, inst.cancel_requested = t + lease, False
         p = {"node": node, "lease_ts": t + lease, "cancel": False, "lease": lease_id}
         raw_i = _j(rec)
         success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p))]
@@ -856,7 +863,7 @@ class EtcdStore(Store):
             txn = r.response_txn
             if txn.succeeded:
                 self._held[u] = _State(rec, rev, p, rev)
-                out.append(self._instance(rec, p))
+                out.append(inst)
             elif not txn.responses[0].response_range.kvs:  # not taken: this node's etcd lease lapsed
                 self._lease_lapsed(lease_id)
                 self._rw.restore(key, key_rev, raw)
