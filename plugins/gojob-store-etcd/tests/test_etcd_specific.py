@@ -207,3 +207,31 @@ def test_a_read_of_the_queue_answered_after_newer_watch_events_does_not_undo_the
     assert w.events == []  # nothing kept once no read is in flight
     w.put(b"q/c", 14, b"c")
     assert w.events == [] and w.keys == [b"q/b", b"q/c"]
+
+
+async def test_user_values_json_would_keep_come_back_as_they_were(store: EtcdStore) -> None:
+    """Records go through orjson, except where it would change them: NaN and infinities in args and
+    results, dict keys that are not strings, integers beyond 64 bits are kept as the json module keeps them."""
+    big = 2**70
+    inst = _inst()
+    inst.args = [float("nan"), float("inf"), big]
+    inst.kwargs = {"m": {1: "one"}}
+    assert await store.enqueue([inst]) == [True]
+    [got] = await store.claim("n1", 1, 30.0)
+    assert got.args[0] != got.args[0] and got.args[1] == float("inf") and got.args[2] == big
+    assert got.kwargs == {"m": {"1": "one"}}  # json's conversion of an int key
+    assert await store.finish("n1", [Outcome(got.uuid, State.COMPLETED, result={"r": [float("-inf"), big]})]) == [True]
+    done = await store.get_instance(got.uuid)
+    assert done is not None and done.state is State.COMPLETED and done.result == {"r": [float("-inf"), big]}
+
+
+def test_the_codec_writes_what_the_json_module_reads() -> None:
+    from gojob_store_etcd._codec import dumps, loads
+
+    rec = {"uuid": "u", "args": [1.5, "é", None, True], "kwargs": {"a": {"b": [1, 2]}}, "result": None}
+    assert json.loads(dumps(rec)) == rec == loads(json.dumps(rec))
+    assert dumps({"result": float("nan")}) == b'{"result":NaN}'
+    with pytest.raises(ValueError):
+        loads(b'{"uuid": ')
+    with pytest.raises(TypeError):
+        dumps({"result": object()})
