@@ -3,7 +3,7 @@
 Key layout (``{p}`` is the key prefix, ``/gojob/`` by default; see the plugin README for the details):
 
 =====================================================  ==========================================================
-``{p}i/{uuid}``                                        the instance record (JSON)
+``{p}i/{uuid}``                                        the instance record (JSON); ``"h"`` points to its history keys
 ``{p}q/r/{prio:20}/{ready_us:17}/{seq:20}/{uuid}/{kind}``  ready index, value = the record as queued. Keys sort
                                                        by priority (offset by 2**63 and zero-padded, so negative
                                                        priorities sort first), ready time, FIFO seq
@@ -11,8 +11,9 @@ Key layout (``{p}`` is the key prefix, ``/gojob/`` by default; see the plugin RE
 ``{p}q/p/{uuid}``                                      running: ``{"node", "lease_ts", "cancel", "lease"}``
 ``{p}q/n/{lease_id:016x}``                             liveness key of a node's etcd lease, attached to that lease:
                                                        gone, the running entries naming the lease are re-queued
-``{p}h/{uuid}/{ts_us:17}/{tag}``                       state records of one instance written by one transaction
-``{p}t/{ts_us:17}/{uuid}/{tag}``                       the same records by time (global history queries)
+``{p}t/{ts_us:17}/{uuid}/{tag}``                       state records of one instance written by one transaction
+``{p}h/{uuid}/{tag}``                                  pointers to the history keys of an instance whose record
+                                                       was removed (``clear_instances``)
 ``{p}l/{uuid}/{ts_us:17}/{tag}``, ``{p}m/{ts_us}/..``  log records, per instance and by time
 ``{p}s/{schedule_id}/{uuid}``                          the occurrences of a recurring schedule
 ``{p}x/{schedule_id}``                                 a canceled schedule (a chained occurrence is refused)
@@ -377,10 +378,13 @@ class EtcdStore(Store):
         tail = f"{_us(rec['ready_ts'])}/{rec['seq']:020d}/{rec['uuid']}/{rec['kind']}"
         return self._kr + f"{_prio(rec['priority'])}/{tail}".encode(), self._kd + tail.encode()
 
-    def _hist_ops(self, uuid: str, recs: list[dict[str, Any]]) -> list[Any]:
-        us, tag, raw = _us(recs[0]["ts"]), _tag(), _j(recs)
-        return [op_put(self._kh + f"{uuid}/{us}/{tag}".encode(), raw),
-                op_put(self._kt + f"{us}/{uuid}/{tag}".encode(), raw)]
+    def _hist_op(self, rec: dict[str, Any], recs: list[dict[str, Any]]) -> Any:
+        """The put of the state records one transaction writes (one key, by time), and their pointer
+        added to the instance record ``rec``, which the same transaction writes: call it before
+        encoding ``rec``. The pointers are how the history of one instance is found."""
+        us, tag = _us(recs[0]["ts"]), _tag()
+        rec["h"] = [*(rec.get("h") or ()), f"{us}/{tag}"]
+        return op_put(self._kt + f"{us}/{rec['uuid']}/{tag}".encode(), _j(recs))
 
     def _report(self, key: bytes, reason: str, raw: bytes = b"") -> None:
         if key in self._reported:
@@ -673,8 +677,11 @@ class EtcdStore(Store):
 
     def _lease_lapsed(self, lease_id: int) -> None:
         """A claim found this lease's liveness key gone (it expired before the keepalive saw it): the
-        next claim gets a new lease, and other nodes re-queue what was held under the old one."""
+        next claim gets a new lease, and re-queues what was held under the old one (as other nodes do:
+        this node need not wait for its watch to report the key gone)."""
         self._keyed.discard(lease_id)
+        self._live.discard(lease_id)
+        self._reclaim_at = 0.0
         for ttl, lid in list(self._leases.items()):
             if lid == lease_id:
                 del self._leases[ttl]
@@ -733,16 +740,16 @@ class EtcdStore(Store):
             seen.add(u)
             rec = given.to_dict()
             rec.update(state=_SCHEDULED, seq=_next_seq(), lease_ts=None, cancel_requested=False)
-            raw = _j(rec)
-            qkey = self._queue_key(rec, t)
-            b = u.encode()
-            compare = [absent(self._ki + b)]
-            success = [op_put(self._ki + b, raw), op_put(qkey, raw)]
-            success += self._hist_ops(u, [
+            hist = self._hist_op(rec, [
                 {"uuid": u, "kind": rec["kind"], "state": _CREATED, "ts": t, "attempt": rec["attempts"],
                  "node": node, "detail": None},
                 {"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t + 1e-6, "attempt": rec["attempts"],
                  "node": node, "detail": None}])
+            raw = _j(rec)
+            qkey = self._queue_key(rec, t)
+            b = u.encode()
+            compare = [absent(self._ki + b)]
+            success = [op_put(self._ki + b, raw), op_put(qkey, raw), hist]
             if sid is not None:
                 sb = sid.encode()
                 success.append(op_put(self._ks + sb + b"/" + b, b""))
@@ -852,10 +859,10 @@ class EtcdStore(Store):
         inst.state, inst.attempts, inst.started_ts, inst.node = State.PROCESSING, attempts, t, node
         inst.lease_ts, inst.cancel_requested = t + lease, False
         p = {"node": node, "lease_ts": t + lease, "cancel": False, "lease": lease_id}
+        hist = self._hist_op(rec, [{"uuid": u, "kind": rec["kind"], "state": _PROCESSING, "ts": t,
+                                    "attempt": attempts, "node": node, "detail": None}])
         raw_i = _j(rec)
-        success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p))]
-        success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _PROCESSING, "ts": t,
-                                       "attempt": attempts, "node": node, "detail": None}])
+        success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p)), hist]
 
         key_rev = rev
 
@@ -863,6 +870,8 @@ class EtcdStore(Store):
             txn = r.response_txn
             if txn.succeeded:
                 self._held[u] = _State(rec, rev, p, rev)
+                if self._rev < rev:  # known before the watch reports it (a lapsed lease re-queues it)
+                    self._running[u] = (rev, p)
                 out.append(inst)
             elif not txn.responses[0].response_range.kvs:  # not taken: this node's etcd lease lapsed
                 self._lease_lapsed(lease_id)
@@ -900,11 +909,11 @@ class EtcdStore(Store):
                 hist.append({"uuid": u, "kind": kind, "state": _CANCELED, "ts": t + 1e-6, "attempt": attempts,
                              "node": node, "detail": "canceled"})
             rec.update(state=state, result=oc.result, error=oc.error, finished_ts=t, cancel_requested=cancel)
+        success.append(self._hist_op(rec, hist))
         raw = _j(rec)
         success.append(op_put(self._ki + b, raw))
         if qkey is not None:
             success.append(op_put(qkey, raw))
-        success += self._hist_ops(u, hist)
 
         def done(r: Any, rev: int) -> None:
             txn = r.response_txn
@@ -1104,11 +1113,11 @@ class EtcdStore(Store):
                 h = {"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t, "attempt": attempts, "node": node,
                      "detail": f"attempt {attempts} abandoned: node {lost_node} lost its lease; re-queued"}
                 qkey = self._queue_key(rec, t)
+            hist = self._hist_op(rec, [h])
             raw = _j(rec)
-            success = [op_delete(self._kp + b), op_put(self._ki + b, raw)]
+            success = [op_delete(self._kp + b), op_put(self._ki + b, raw), hist]
             if qkey is not None:
                 success.append(op_put(qkey, raw))
-            success += self._hist_ops(u, [h])
 
             def done(r: Any, rev: int, rec: dict[str, Any] = rec, qkey: bytes | None = qkey, raw: bytes = raw,
                      u: str = u) -> None:
@@ -1157,11 +1166,11 @@ class EtcdStore(Store):
                 a = max(0, int(st.rec.get("attempts") or 0) - 1)
                 rec = dict(st.rec, state=_SCHEDULED, attempts=a, lease_ts=None, seq=_next_seq(),
                            cancel_requested=False)
+                hist = self._hist_op(rec, [{"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t,
+                                            "attempt": a, "node": node, "detail": f"released by node {node}"}])
                 raw = _j(rec)
                 qkey = self._queue_key(rec, t)
-                success = [op_delete(self._kp + b), op_put(self._ki + b, raw), op_put(qkey, raw)]
-                success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t,
-                                               "attempt": a, "node": node, "detail": f"released by node {node}"}])
+                success = [op_delete(self._kp + b), op_put(self._ki + b, raw), op_put(qkey, raw), hist]
 
                 def done(r: Any, rev: int, u: str = u, qkey: bytes = qkey, raw: bytes = raw) -> None:
                     txn = r.response_txn
@@ -1229,10 +1238,10 @@ class EtcdStore(Store):
                     rkey, dkey = self._both_queue_keys(rec)
                     self._rw.delete(rkey)
                     self._dw.delete(dkey)
-                    success = [op_put(self._ki + b, _j(new)), op_delete(rkey), op_delete(dkey)]
-                    success += self._hist_ops(u, [{"uuid": u, "kind": rec["kind"], "state": _CANCELED, "ts": t,
-                                                   "attempt": rec.get("attempts", 0), "node": node,
-                                                   "detail": "canceled before it ran"}])
+                    hist = self._hist_op(new, [{"uuid": u, "kind": rec["kind"], "state": _CANCELED, "ts": t,
+                                                "attempt": rec.get("attempts", 0), "node": node,
+                                                "detail": "canceled before it ran"}])
+                    success = [op_put(self._ki + b, _j(new)), op_delete(rkey), op_delete(dkey), hist]
                     parts.append(_Part(op_txn([mod_is(self._ki + b, st.i_rev)], success, failure), done, 2000))
                 elif rec.get("state") == _PROCESSING and st.p is not None and not st.p.get("cancel"):
                     p = dict(st.p, cancel=True)
@@ -1289,8 +1298,9 @@ class EtcdStore(Store):
             else:
                 lo = page.kvs[-1].key + b"\0"
 
-    async def _instances(self, query: Query) -> list[tuple[Instance, int]]:
-        found: list[tuple[Instance, int]] = []
+    async def _instances(self, query: Query) -> list[tuple[Instance, int, Any]]:
+        """(instance, revision of its record, its history pointers) of each match, oldest first."""
+        found: list[tuple[Instance, int, Any]] = []
         if query.uuid is not None:
             b = query.uuid.encode()
             resp = await self._c().txn([op_range(self._ki + b), op_range(self._kp + b)])
@@ -1298,7 +1308,7 @@ class EtcdStore(Store):
             if st.rec is not None:
                 inst = self._instance(st.rec, st.p)
                 if query.matches_instance(inst):
-                    found.append((inst, st.i_rev))
+                    found.append((inst, st.i_rev, st.rec.get("h")))
         else:
             running: dict[bytes, dict[str, Any] | None] = {}
             async for kv in self._scan(self._kp, prefix_end(self._kp)):
@@ -1310,25 +1320,27 @@ class EtcdStore(Store):
                     continue
                 inst = self._instance(rec, running.get(kv.key[li:]))
                 if query.matches_instance(inst):
-                    found.append((inst, kv.mod_revision))
+                    found.append((inst, kv.mod_revision, rec.get("h")))
             found.sort(key=lambda x: (x[0].created_ts, x[0].uuid))
         await self._flush_corrupt()
         return found
 
     async def list_instances(self, query: Query) -> list[Instance]:
-        return query.apply_limit([inst for inst, _ in await self._instances(query)])
+        return query.apply_limit([inst for inst, _, _ in await self._instances(query)])
 
     async def clear_instances(self, query: Query) -> int:
-        found = [(i, rev) for i, rev in await self._instances(query) if i.state is not State.PROCESSING]
+        found = [f for f in await self._instances(query) if f[0].state is not State.PROCESSING]
         removed = [0]
         parts = []
-        for inst, rev in found:
+        for inst, rev, pointers in found:
             b = inst.uuid.encode()
             rkey, dkey = self._both_queue_keys({"ready_ts": inst.ready_ts, "seq": inst.seq, "uuid": inst.uuid,
                                                 "kind": inst.kind, "priority": inst.priority})
             self._rw.delete(rkey)
             self._dw.delete(dkey)
             ops = [op_delete(self._ki + b), op_delete(rkey), op_delete(dkey)]
+            if pointers:  # its history stays: where its records are is kept with the record gone
+                ops.append(op_put(self._kh + b + f"/{_tag()}".encode(), _j(pointers)))
             if inst.schedule_id is not None:
                 ops.append(op_delete(self._ks + inst.schedule_id.encode() + b"/" + b))
 
@@ -1371,17 +1383,19 @@ class EtcdStore(Store):
         return counts, oldest
 
     # -- history and logs ----------------------------------------------------------------------------
-    def _time_range(self, by_uuid: bytes, by_time: bytes, query: Query) -> tuple[bytes, bytes]:
+    def _time_range(self, by_uuid: bytes | None, by_time: bytes, query: Query) -> tuple[bytes, bytes]:
+        """The keys of the query's time range: of one instance under ``by_uuid`` (``{uuid}/{us}/..``)
+        when the query names one and the records have such keys, else of all under ``by_time``."""
         lo = "" if query.since_ts is None else _us(query.since_ts - 2e-6)
         hi = None if query.until_ts is None else f"{max(0, int(query.until_ts * 1e6) + 2):017d}"
-        base = by_uuid + query.uuid.encode() + b"/" if query.uuid is not None else by_time
+        base = by_uuid + query.uuid.encode() + b"/" if query.uuid is not None and by_uuid is not None else by_time
         return base + lo.encode(), (base + hi.encode()) if hi is not None else prefix_end(base)
 
-    async def _records(self, by_uuid: bytes, by_time: bytes, query: Query, decode: Callable[[Any], Any],
+    async def _records(self, by_uuid: bytes | None, by_time: bytes, query: Query, decode: Callable[[Any], Any],
                        many: bool) -> list[tuple[bytes, Any, list[Any]]]:
         """(key, decoded list of all records in it, the matching ones), in time order."""
         lo, hi = self._time_range(by_uuid, by_time, query)
-        desc = query.limit is not None and query.uuid is None
+        desc = query.limit is not None and (query.uuid is None or by_uuid is None)
         matched = [0]
         limit = query.limit or 0
         out: list[tuple[bytes, Any, list[Any]]] = []
@@ -1401,26 +1415,88 @@ class EtcdStore(Store):
             out.reverse()
         return out
 
+    async def _history(self, query: Query) -> list[tuple[bytes, Any, list[Any]]]:
+        """Like :meth:`_records` for state records: those of one instance are found through the
+        pointers in its record (and those its cleared records left), the others by time."""
+        if query.uuid is None:
+            return await self._records(None, self._kt, query, StateRecord.from_dict, True)
+        keys = await self._history_keys(query)
+        if keys is None:  # its record cannot be decoded (reported): look through the records by time
+            return await self._records(None, self._kt, query, StateRecord.from_dict, True)
+        out: list[tuple[bytes, Any, list[Any]]] = []
+        c = self._c()
+        for i in range(0, len(keys), _NEST):
+            resp = await c.txn([op_range(k) for k in keys[i:i + _NEST]])
+            for r in resp.responses:
+                for kv in r.response_range.kvs:  # none: cleared meanwhile
+                    try:
+                        recs = [StateRecord.from_dict(d) for d in _loads(kv.value)]
+                    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                        self._report(kv.key, f"{type(exc).__name__}: {exc}", kv.value)
+                        continue
+                    hits = [r for r in recs if query.matches_record(r)]
+                    if hits:
+                        out.append((kv.key, recs, hits))
+        await self._flush_corrupt()
+        return out
+
+    async def _history_keys(self, query: Query) -> list[bytes] | None:
+        """The history keys of one instance within the query's time range, in time order; None when
+        its record, or what a cleared record left, cannot be decoded."""
+        assert query.uuid is not None
+        b = query.uuid.encode()
+        base = self._kh + b + b"/"
+        resp = await self._c().txn([op_range(self._ki + b), op_range(base, prefix_end(base))])
+        pointers: list[str] = []
+        ok = True
+        for kv in [*resp.responses[0].response_range.kvs, *resp.responses[1].response_range.kvs]:
+            try:
+                got = _loads(kv.value)
+                if kv.key.startswith(self._ki):
+                    got = got.get("h") or []
+                if not isinstance(got, list) or not all(isinstance(x, str) and x.count("/") == 1 for x in got):
+                    raise ValueError("history pointers are not a list of 'time/tag' strings")
+                pointers += got
+            except (ValueError, TypeError, AttributeError) as exc:
+                self._report(kv.key, f"{type(exc).__name__}: {exc}", kv.value)
+                ok = False
+        if not ok:
+            await self._flush_corrupt()
+            return None
+        lo, hi = self._time_range(None, self._kt, query)
+        keys = set()
+        for ptr in pointers:
+            us, tag = ptr.split("/")
+            key = self._kt + f"{us}/{query.uuid}/{tag}".encode()
+            if lo <= key < hi:
+                keys.add(key)
+        return sorted(keys)
+
     async def lookup_history(self, query: Query) -> list[StateRecord]:
-        found = [r for _, _, hits in await self._records(self._kh, self._kt, query, StateRecord.from_dict, True)
-                 for r in hits]
+        found = [r for _, _, hits in await self._history(query) for r in hits]
         found.sort(key=lambda r: r.ts)
         return query.apply_limit(found)
 
-    async def _clear(self, by_uuid: bytes, by_time: bytes, query: Query, decode: Callable[[Any], Any],
+    async def _clear(self, by_uuid: bytes | None, by_time: bytes, query: Query, decode: Callable[[Any], Any],
                      many: bool) -> int:
-        found = await self._records(by_uuid, by_time, query, decode, many)
+        """Remove the matching records: under ``by_time`` and, where records have a second key per
+        instance (logs), under ``by_uuid`` (state records have one key: ``by_uuid`` is None)."""
+        found = await (self._history(query) if by_uuid is None else self._records(by_uuid, by_time, query, decode,
+                                                                                   many))
         ops: list[Any] = []
         removed = 0
         for key, recs, hits in found:
             removed += len(hits)
-            if query.uuid is not None:  # {uuid}/{us}/{tag} -> {us}/{uuid}/{tag}
-                u = query.uuid
-                us, tag = key[len(by_uuid) + len(u.encode()) + 1:].decode().split("/", 1)
-            else:  # {us}/{uuid}/{tag}
+            if key.startswith(by_time):  # {us}/{uuid}/{tag}
                 us, rest = key[len(by_time):].decode().split("/", 1)
                 u, tag = rest.rsplit("/", 1)
-            pair = (by_uuid + f"{u}/{us}/{tag}".encode(), by_time + f"{us}/{u}/{tag}".encode())
+            else:  # {uuid}/{us}/{tag}
+                assert by_uuid is not None and query.uuid is not None
+                u = query.uuid
+                us, tag = key[len(by_uuid) + len(u.encode()) + 1:].decode().split("/", 1)
+            pair = [by_time + f"{us}/{u}/{tag}".encode()]
+            if by_uuid is not None:
+                pair.append(by_uuid + f"{u}/{us}/{tag}".encode())
             keep = [r for r in recs if r not in hits]
             for k in pair:
                 ops.append(op_put(k, _j([r.to_dict() for r in keep]) if many else b"") if keep else op_delete(k))
@@ -1429,7 +1505,7 @@ class EtcdStore(Store):
         return removed
 
     async def clear_history(self, query: Query) -> int:
-        return await self._clear(self._kh, self._kt, query, StateRecord.from_dict, True)
+        return await self._clear(None, self._kt, query, StateRecord.from_dict, True)
 
     async def append_logs(self, records: Sequence[LogRecord]) -> None:
         ops = []

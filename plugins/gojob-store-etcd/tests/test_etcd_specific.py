@@ -138,7 +138,7 @@ async def test_corrupt_records_are_reported_set_aside_and_never_deleted(store: E
     bad_uuid = str(uuid.uuid4())
     bad_inst = store._ki + bad_uuid.encode()
     bad_ready = store._kr + f"{2**63 - 5:020d}/{0:017d}/{1:020d}/{bad_uuid}/k".encode()  # first in line
-    bad_hist = store._kh + f"{good[0].uuid}/00000000000000001/x".encode()
+    bad_hist = store._kt + f"00000000000000001/{good[0].uuid}/x".encode()  # first in time
     await c.txn([op_put(bad_inst, b"{not json"), op_put(bad_ready, b"\xff\xfe"), op_put(bad_hist, b"[{}]")])
 
     assert sorted(i.uuid for i in await store.list_instances(Query())) == sorted(i.uuid for i in good)
@@ -147,6 +147,7 @@ async def test_corrupt_records_are_reported_set_aside_and_never_deleted(store: E
     claimed = await store.claim("n1", 10, 30.0)  # the bad queue entry is moved aside, the others run
     assert sorted(i.uuid for i in claimed) == sorted(i.uuid for i in good)
     assert len(await store.lookup_history(Query(instance=good[0]))) == 3
+    assert len(await store.lookup_history(Query())) == 9  # by time: the bad key is skipped (and reported)
 
     reported = {r.key: r for r in await store.corrupt_records()}
     assert {bad_inst.decode(), bad_ready.decode(errors="replace"), bad_hist.decode()} <= set(reported)
@@ -235,3 +236,32 @@ def test_the_codec_writes_what_the_json_module_reads() -> None:
         loads(b'{"uuid": ')
     with pytest.raises(TypeError):
         dumps({"result": object()})
+
+
+async def test_history_of_an_instance_outlives_its_record_and_survives_a_corrupt_one(store: EtcdStore) -> None:
+    """State records have one key each, by time; an instance's record points to its own, and a cleared
+    record leaves its pointers behind, so that its history is still found."""
+    a, b = _inst(args=[1]), _inst(args=[2])
+    await store.enqueue([a, b])
+    claimed = await store.claim("n1", 2, 30.0)
+    assert await store.finish("n1", [Outcome(i.uuid, State.COMPLETED) for i in claimed]) == [True, True]
+    states = [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
+    assert [r.state for r in await store.lookup_history(Query(instance=a))] == states
+    c = store._c()
+    assert len((await c.range(store._kt, prefix_end(store._kt), keys_only=True)).kvs) == 6  # 3 writes each
+    assert await store.clear_instances(Query(instance=a)) == 1
+    assert await store.get_instance(a.uuid) is None
+    assert [r.state for r in await store.lookup_history(Query(instance=a))] == states
+    assert [r.state for r in await store.lookup_history(Query(instance=a, state=State.PROCESSING))] == [
+        State.PROCESSING]
+    # the same uuid enqueued again: both lives are its history
+    again = Instance(uuid=a.uuid, kind="k", state=State.SCHEDULED, created_ts=time.time(), ready_ts=time.time())
+    assert await store.enqueue([again]) == [True]
+    assert len(await store.lookup_history(Query(instance=a))) == 6
+    # a record that cannot be decoded: its history is looked up by time instead (and it is reported)
+    await c.txn([op_put(store._ki + b.uuid.encode(), b"{broken")])
+    assert [r.state for r in await store.lookup_history(Query(instance=b))] == states
+    assert (store._ki + b.uuid.encode()).decode() in {r.key for r in await store.corrupt_records()}
+    assert await store.clear_history(Query(instance=a)) == 6
+    assert await store.lookup_history(Query(instance=a)) == []
+    assert len(await store.lookup_history(Query())) == 4
