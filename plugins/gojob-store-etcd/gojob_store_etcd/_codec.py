@@ -38,8 +38,11 @@ def _non_finite(value: Any) -> bool:
 
 def dumps(obj: Any) -> bytes:
     """``obj`` as compact JSON bytes, as ``json.dumps(obj, separators=(",", ":"))`` writes it."""
-    if type(obj) is dict and any(_non_finite(obj.get(f)) for f in _USER_FIELDS):
-        return _json_encode(obj).encode()
+    if type(obj) is dict:
+        for f in _USER_FIELDS:
+            v = obj.get(f)
+            if v is not None and type(v) is not str and type(v) is not int and _non_finite(v):
+                return _json_encode(obj).encode()
     try:
         return orjson.dumps(obj)
     except TypeError:  # orjson.JSONEncodeError: a key or an integer json takes
