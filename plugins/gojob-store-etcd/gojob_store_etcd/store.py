@@ -1450,10 +1450,17 @@ class EtcdStore(Store):
         pointers: list[str] = []
         ok = True
         for kv in [*resp.responses[0].response_range.kvs, *resp.responses[1].response_range.kvs]:
+            record = kv.key.startswith(self._ki)
+            if not record and kv.key.count(b"/", len(base)):
+                continue  # h/{uuid}/{ts}/{tag}: the second history key of a version before pointers
             try:
                 got = _loads(kv.value)
-                if kv.key.startswith(self._ki):
-                    got = got.get("h") or []
+                if record:
+                    if not isinstance(got, dict):
+                        raise ValueError("the instance record is not an object")
+                    if "h" not in got:  # written before records pointed to their history: look by time
+                        return None
+                    got = got["h"] or []
                 if not isinstance(got, list) or not all(isinstance(x, str) and x.count("/") == 1 for x in got):
                     raise ValueError("history pointers are not a list of 'time/tag' strings")
                 pointers += got

@@ -265,3 +265,19 @@ async def test_history_of_an_instance_outlives_its_record_and_survives_a_corrupt
     assert await store.clear_history(Query(instance=a)) == 6
     assert await store.lookup_history(Query(instance=a)) == []
     assert len(await store.lookup_history(Query())) == 4
+
+
+async def test_history_written_before_records_pointed_to_it_is_found_by_time(store: EtcdStore) -> None:
+    """A record without pointers (an earlier version wrote each state record under h/{uuid}/{ts}/{tag}
+    and t/{ts}/{uuid}/{tag}): its history is read by time, and the old per-instance keys are not
+    reported as corrupt."""
+    inst = _inst()
+    rec = {**inst.to_dict(), "seq": 1}
+    u, raw = inst.uuid, json.dumps([{"uuid": inst.uuid, "kind": "k", "state": "CREATED", "ts": 1.0, "attempt": 0,
+                                     "node": None, "detail": None}]).encode()
+    c = store._c()
+    await c.txn([op_put(store._ki + u.encode(), json.dumps(rec).encode()),
+                 op_put(store._kh + f"{u}/00000000001000000/t1".encode(), raw),
+                 op_put(store._kt + f"00000000001000000/{u}/t1".encode(), raw)])
+    assert [r.state for r in await store.lookup_history(Query(instance=inst))] == [State.CREATED]
+    assert await store.corrupt_records() == []
