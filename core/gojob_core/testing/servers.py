@@ -170,6 +170,7 @@ def start_resp_server(binary: str, workdir: Path, *, password: str | None = None
 
 
 def _etcd_health(port: int) -> bool:
+    """etcd's /health over plain HTTP on ``port`` (its client port, or the metrics port of a TLS server)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5) as reply:
             return bool(json.loads(reply.read()).get("health") == "true")
@@ -177,28 +178,45 @@ def _etcd_health(port: int) -> bool:
         return False
 
 
-def start_etcd_server(binary: str, workdir: Path) -> Server:
+def _health_on(health_port: int) -> Callable[[int], bool]:
+    """A readiness probe that asks the metrics port, whatever the client port is."""
+    return lambda _client_port: _etcd_health(health_port)
+
+
+def start_etcd_server(binary: str, workdir: Path, *, tls: tuple[str, str, str] | None = None,
+                      client_cert_auth: bool = False) -> Server:
     """Start etcd on free loopback client and peer ports (retrying a raced port), with fast elections.
 
     The data directory is ``workdir/data``; :meth:`Server.restart` keeps it (and the ports), so what
-    was written survives a restart.
+    was written survives a restart. ``tls=(cert, key, ca)`` (see :func:`ca_signed_certificate`): the
+    client port speaks TLS only; ``client_cert_auth``: it also asks clients for a certificate signed by
+    ``ca`` (mutual TLS). Readiness is then probed on a plain-HTTP metrics port.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for attempt in range(3):
         port, peer = free_port(), free_port()
         data = workdir / f"data-{attempt}"
+        scheme = "https" if tls else "http"
         argv = [binary, "--name", "gojob-test", "--data-dir", str(data),
-                "--listen-client-urls", f"http://127.0.0.1:{port}",
-                "--advertise-client-urls", f"http://127.0.0.1:{port}",
+                "--listen-client-urls", f"{scheme}://127.0.0.1:{port}",
+                "--advertise-client-urls", f"{scheme}://127.0.0.1:{port}",
                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-cluster", f"gojob-test=http://127.0.0.1:{peer}", "--initial-cluster-state", "new",
                 "--heartbeat-interval", "10", "--election-timeout", "100", "--unsafe-no-fsync",
                 "--logger", "zap", "--log-level", "error"]
-        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe=_etcd_health)
+        health = port
+        if tls:
+            health = free_port()
+            argv += ["--cert-file", tls[0], "--key-file", tls[1],
+                     "--listen-metrics-urls", f"http://127.0.0.1:{health}"]
+            if client_cert_auth:
+                argv += ["--client-cert-auth", "--trusted-ca-file", tls[2]]
+        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv,
+                        probe=_etcd_health if health == port else _health_on(health))
         try:
-            _wait_ready(server, lambda: _etcd_health(port))
+            _wait_ready(server, lambda: _etcd_health(health))
             return server
         except RuntimeError as exc:
             last = exc
@@ -229,15 +247,16 @@ def self_signed_certificate(directory: Path) -> tuple[str, str]:
 
 
 def ca_signed_certificate(directory: Path) -> tuple[str, str, str]:
-    """A private CA and a server certificate it signed for localhost and 127.0.0.1: ``(ca, cert, key)``,
-    PEM files in ``directory``. A client trusts the server by giving ``ca`` as its CA."""
+    """A private CA and a certificate it signed for localhost and 127.0.0.1: ``(ca, cert, key)``,
+    PEM files in ``directory``. A client trusts the server by giving ``ca`` as its CA; the certificate
+    is good for clients too (mutual TLS)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = directory / "ca.pem", directory / "ca-key.pem"
     cert, key, csr, ext = (directory / "cert.pem", directory / "key.pem", directory / "server.csr",
                            directory / "server.ext")
     _openssl("req", "-x509", *_EC, "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=gojob test CA")
     _openssl("req", *_EC, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
-    ext.write_text(f"{_SAN}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    ext.write_text(f"{_SAN}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth,clientAuth\n")
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
              "-out", str(cert), "-days", "2", "-extfile", str(ext))
     key.chmod(0o600)

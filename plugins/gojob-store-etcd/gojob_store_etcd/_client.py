@@ -17,6 +17,7 @@ import random
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -214,9 +215,9 @@ class EtcdClient:
             raise StoreError(f"etcd store: cannot resolve {o.address}: {exc}") from exc
         if o.tls:
             try:
-                ca = open(o.ca_file, "rb").read() if o.ca_file else None  # noqa: SIM115
-                cert = open(o.cert_file, "rb").read() if o.cert_file else None  # noqa: SIM115
-                key = open(o.key_file, "rb").read() if o.key_file else None  # noqa: SIM115
+                ca = Path(o.ca_file).read_bytes() if o.ca_file else None
+                cert = Path(o.cert_file).read_bytes() if o.cert_file else None
+                key = Path(o.key_file).read_bytes() if o.key_file else None
             except OSError as exc:
                 raise StoreError(f"etcd store: cannot read a TLS file: {exc}") from exc
             creds = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)

@@ -5,7 +5,8 @@
 - etcd restarted under load: the watch resumes, nothing is lost, nothing runs twice except after a
   lease expiry (an abandoned attempt);
 - an idle node hears of new work through the watch again after a restart (its poll is far away);
-- bad input at start (URL, refused connection): one clear error each.
+- bad input at start (URL, refused connection, wrong password): one clear error each;
+- TLS with a private CA, and mutual TLS; several endpoints with one of them down.
 
 asyncio only (aetcd runs on grpc.aio). Every process and server started here is stopped by PID.
 """
@@ -189,3 +190,54 @@ async def test_authentication(credentials: str, dedicated: Callable[[], Server])
     async with Manager(store=f"etcd://root:{PASSWORD}@{address}", num_workers=1) as mgr:
         inst = await mgr.schedule_job(Job(kind="echo", executor=echo), arguments=[7])
         assert (await mgr.wait(inst, timeout=10)).result == 7
+
+
+# -- TLS and several endpoints --------------------------------------------------------------------------------
+async def _runs_a_job(url: str) -> None:
+    async def echo(i: int) -> int:
+        return i
+
+    async with Manager(store=url, num_workers=1) as mgr:
+        inst = await mgr.schedule_job(Job(kind="echo", executor=echo), arguments=[5])
+        assert (await mgr.wait(inst, timeout=10)).result == 5
+
+
+async def _refused(url: str) -> str:
+    with anyio.fail_after(20):
+        with pytest.raises(StoreError) as err:
+            async with Manager(store=url, num_workers=1):
+                pytest.fail(f"the Manager started with {url}")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["server-tls", "mutual-tls"])
+async def test_tls_with_a_private_ca(mutual: bool, tmp_path: Path) -> None:
+    """etcds:// with the CA that signed the server's certificate works (with a client certificate when
+    the server asks for one); plain etcd://, no CA, or no client certificate is one clear error."""
+    from gojob_core.testing.servers import ca_signed_certificate
+
+    binary = find_etcd()
+    assert binary is not None, "no etcd binary found; these tests need a real server"
+    ca, cert, key = ca_signed_certificate(tmp_path / "tls")
+    server = start_etcd_server(binary, tmp_path / "etcd", tls=(cert, key, ca), client_cert_auth=mutual)
+    try:
+        address = f"127.0.0.1:{server.port}"
+        good = f"etcds://{address}?ca={ca}&prefix={_prefix()}" + (f"&cert={cert}&key={key}" if mutual else "")
+        await _runs_a_job(good)
+        # the name in the certificate is checked: localhost is in it too
+        await _runs_a_job(good.replace("127.0.0.1", "localhost"))
+        for bad in (f"etcd://{address}?connect_timeout=2",  # plain gRPC to a TLS port
+                    f"etcds://{address}?connect_timeout=2",  # the system's CAs do not know ours
+                    *([f"etcds://{address}?ca={ca}&connect_timeout=2"] if mutual else [])):  # no client certificate
+            message = await _refused(bad)
+            assert address in message and "etcd" in message, message
+    finally:
+        server.stop()
+
+
+async def test_several_endpoints_one_of_them_down(etcd_server: Server) -> None:
+    """A URL naming several members keeps working while one of them does not answer."""
+    dead = free_port()
+    live = f"127.0.0.1:{etcd_server.port}"
+    await _runs_a_job(f"etcd://127.0.0.1:{dead},{live}?prefix={_prefix()}")
+    await _runs_a_job(f"etcd://{live},127.0.0.1:{dead}?prefix={_prefix()}")
