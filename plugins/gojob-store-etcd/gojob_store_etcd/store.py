@@ -1400,20 +1400,27 @@ class EtcdStore(Store):
         limit = query.limit or 0
         out: list[tuple[bytes, Any, list[Any]]] = []
         async for kv in self._scan(lo, hi, desc=desc, stop=(lambda _: matched[0] > limit + 10) if desc else None):
-            try:
-                raw = _loads(kv.value)
-                recs = [decode(d) for d in (raw if many else [raw])]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                self._report(kv.key, f"{type(exc).__name__}: {exc}", kv.value)
-                continue
-            hits = [r for r in recs if query.matches_record(r)]
-            if hits:
-                matched[0] += len(hits)
-                out.append((kv.key, recs, hits))
+            found = self._matching(kv, query, decode, many)
+            if found is not None:
+                matched[0] += len(found[2])
+                out.append(found)
         await self._flush_corrupt()
         if desc:
             out.reverse()
         return out
+
+    def _matching(self, kv: Any, query: Query, decode: Callable[[Any], Any],
+                  many: bool) -> tuple[bytes, Any, list[Any]] | None:
+        """(key, every record in the key, those the query matches), or None: no match, or the key cannot
+        be decoded (then it is reported)."""
+        try:
+            raw = _loads(kv.value)
+            recs = [decode(d) for d in (raw if many else [raw])]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._report(kv.key, f"{type(exc).__name__}: {exc}", kv.value)
+            return None
+        hits = [r for r in recs if query.matches_record(r)]
+        return (kv.key, recs, hits) if hits else None
 
     async def _history(self, query: Query) -> list[tuple[bytes, Any, list[Any]]]:
         """Like :meth:`_records` for state records: those of one instance are found through the
@@ -1427,16 +1434,11 @@ class EtcdStore(Store):
         c = self._c()
         for i in range(0, len(keys), _NEST):
             resp = await c.txn([op_range(k) for k in keys[i:i + _NEST]])
-            for r in resp.responses:
-                for kv in r.response_range.kvs:  # none: cleared meanwhile
-                    try:
-                        recs = [StateRecord.from_dict(d) for d in _loads(kv.value)]
-                    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                        self._report(kv.key, f"{type(exc).__name__}: {exc}", kv.value)
-                        continue
-                    hits = [r for r in recs if query.matches_record(r)]
-                    if hits:
-                        out.append((kv.key, recs, hits))
+            for reply in resp.responses:
+                for kv in reply.response_range.kvs:  # none: cleared meanwhile
+                    found = self._matching(kv, query, StateRecord.from_dict, True)
+                    if found is not None:
+                        out.append(found)
         await self._flush_corrupt()
         return out
 
