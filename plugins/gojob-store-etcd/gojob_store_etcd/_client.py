@@ -456,9 +456,13 @@ def op_put(key: bytes, value: bytes, lease: int = 0) -> Any:
     return op
 
 
-def op_delete(key: bytes) -> Any:
+def op_delete(key: bytes, end: bytes = b"") -> Any:
+    """Delete ``key``, or every key in ``[key, end)``."""
     op = RequestOp()
-    op.request_delete_range.key = key
+    d = op.request_delete_range
+    d.key = key
+    if end:
+        d.range_end = end
     return op
 
 

@@ -1514,7 +1514,14 @@ class EtcdStore(Store):
         return removed
 
     async def clear_history(self, query: Query) -> int:
-        return await self._clear(None, self._kt, query, StateRecord.from_dict, True)
+        removed = await self._clear(None, self._kt, query, StateRecord.from_dict, True)
+        q = query
+        if q.uuid is not None and q.kind is None and q.states is None and q.since_ts is None \
+                and q.until_ts is None and q.limit is None:
+            # all of one instance's history is gone: so are the pointers its cleared records left
+            base = self._kh + q.uuid.encode() + b"/"
+            await self._c().txn([op_delete(base, prefix_end(base))])
+        return removed
 
     async def append_logs(self, records: Sequence[LogRecord]) -> None:
         ops = []

@@ -264,6 +264,8 @@ async def test_history_of_an_instance_outlives_its_record_and_survives_a_corrupt
     assert (store._ki + b.uuid.encode()).decode() in {r.key for r in await store.corrupt_records()}
     assert await store.clear_history(Query(instance=a)) == 6
     assert await store.lookup_history(Query(instance=a)) == []
+    # its whole history cleared: the pointers its cleared record left are gone too
+    assert not (await c.range(store._kh, prefix_end(store._kh))).kvs
     assert len(await store.lookup_history(Query())) == 4
 
 
