@@ -112,3 +112,20 @@ async def test_lease_reclaimed_counts_on_the_node_that_reruns_a_dead_nodes_insta
         requeued = [r for r in history if r.state is State.SCHEDULED and r.node == "survivor"]
         assert len(requeued) == 1 and "doomed" in (requeued[0].detail or "")
     assert ran_on == ["doomed", "survivor"]
+
+
+async def test_a_slow_queue_size_read_spaces_the_next_one() -> None:
+    """A store whose queue_stats takes long (etcd reads every queued key) is not asked again at once:
+    the next read waits twenty times as long as the last one took."""
+    reads: list[float] = []
+
+    class SlowStats(MemoryStore):
+        async def queue_stats(self) -> tuple[dict[str, int], dict[str, float]]:
+            reads.append(anyio.current_time())
+            await anyio.sleep(0.05)
+            return await super().queue_stats()
+
+    async with Manager(SlowStats(), num_workers=0, autoload_plugins=False, metrics_interval=0.01):
+        await anyio.sleep(0.8)
+    # every 0.06 s without the spacing (about 13 reads); at least 1.05 s apart with it
+    assert len(reads) == 1, reads

@@ -208,7 +208,8 @@ class Manager:
         ``go_job_queued`` and ``go_job_oldest_ready_age_seconds`` gauges (the cluster's queue, read by
         every node; a scrape serves the last read, so they lag the store by at most this long; the age
         itself is computed at scrape time). Default 5 s: fresher than common scrape intervals, one small
-        store read per node.
+        store read per node. A read that takes long (a store that reads every queued key, on a huge
+        queue) spaces the next one to twenty times its duration.
     """
 
     def __init__(
@@ -1045,11 +1046,15 @@ class Manager:
 
     async def _metrics_loop(self) -> None:
         while True:
+            started = anyio.current_time()
             try:
                 self.metrics.set_queued(*await self.store.queue_stats())
             except (StoreError, OSError) as exc:
                 self._report(f"reading queue sizes failed: {exc!r}")
-            await anyio.sleep(self.metrics_interval)
+            # a store that reads every queued key for this (etcd) takes long on a huge queue: space the
+            # reads so that they take at most a twentieth of the node's time
+            took = anyio.current_time() - started
+            await anyio.sleep(max(self.metrics_interval, _METRICS_SPACING * took))
 
     # -- logs ----------------------------------------------------------------------------------------
     def _log_sink(self, inst: Instance, level: LogLevel, message: str) -> None:
@@ -1066,6 +1071,9 @@ class Manager:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+_METRICS_SPACING = 20  # a queue-size read that took d seconds is followed by at least 20 d without one
+
+
 def _check_workers(n: object) -> None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"num_workers must be a non-negative integer, got {n!r}")
