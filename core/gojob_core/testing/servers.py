@@ -179,7 +179,7 @@ def _etcd_health(port: int) -> bool:
 
 
 def _health_on(health_port: int) -> Callable[[int], bool]:
-    """A readiness probe that asks the metrics port, whatever the client port is."""
+    """A readiness probe that asks ``health_port`` (the client port, or a TLS server's metrics port)."""
     return lambda _client_port: _etcd_health(health_port)
 
 
@@ -213,10 +213,10 @@ def start_etcd_server(binary: str, workdir: Path, *, tls: tuple[str, str, str] |
                      "--listen-metrics-urls", f"http://127.0.0.1:{health}"]
             if client_cert_auth:
                 argv += ["--client-cert-auth", "--trusted-ca-file", tls[2]]
-        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv,
-                        probe=_etcd_health if health == port else _health_on(health))
+        probe = _health_on(health)
+        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe=probe)
         try:
-            _wait_ready(server, lambda: _etcd_health(health))
+            _wait_ready(server, lambda: probe(port))
             return server
         except RuntimeError as exc:
             last = exc

@@ -378,13 +378,13 @@ class EtcdStore(Store):
         tail = f"{_us(rec['ready_ts'])}/{rec['seq']:020d}/{rec['uuid']}/{rec['kind']}"
         return self._kr + f"{_prio(rec['priority'])}/{tail}".encode(), self._kd + tail.encode()
 
-    def _hist_op(self, rec: dict[str, Any], recs: list[dict[str, Any]]) -> Any:
-        """The put of the state records one transaction writes (one key, by time), and their pointer
-        added to the instance record ``rec``, which the same transaction writes: call it before
-        encoding ``rec``. The pointers are how the history of one instance is found."""
+    def _with_history(self, rec: dict[str, Any], recs: list[dict[str, Any]]) -> tuple[bytes, Any]:
+        """The instance record a transaction writes, encoded with a pointer to the history key of the
+        state records it writes too, and the put of that key (one key, by time). The pointers are how
+        the history of one instance is found."""
         us, tag = _us(recs[0]["ts"]), _tag()
         rec["h"] = [*(rec.get("h") or ()), f"{us}/{tag}"]
-        return op_put(self._kt + f"{us}/{rec['uuid']}/{tag}".encode(), _j(recs))
+        return _j(rec), op_put(self._kt + f"{us}/{rec['uuid']}/{tag}".encode(), _j(recs))
 
     def _report(self, key: bytes, reason: str, raw: bytes = b"") -> None:
         if key in self._reported:
@@ -603,9 +603,9 @@ class EtcdStore(Store):
                 u = key[lp:].decode(errors="replace")
                 if sub == b"p/":
                     if put:
-                        held = self._held.get(u)
-                        # this node's own claim: the entry it wrote is known (no need to decode it)
-                        p = held.p if held is not None and held.p_rev == rev else self._decode_p(key, kv.value)
+                        known = self._running.get(u)
+                        # this node's own claim recorded the entry it wrote: no need to decode it
+                        p = known[1] if known is not None and known[0] == rev else self._decode_p(key, kv.value)
                         self._running[u] = (rev, p)
                         if p is not None and p.get("cancel"):
                             self._notify_cancel(u)
@@ -740,12 +740,11 @@ class EtcdStore(Store):
             seen.add(u)
             rec = given.to_dict()
             rec.update(state=_SCHEDULED, seq=_next_seq(), lease_ts=None, cancel_requested=False)
-            hist = self._hist_op(rec, [
+            raw, hist = self._with_history(rec, [
                 {"uuid": u, "kind": rec["kind"], "state": _CREATED, "ts": t, "attempt": rec["attempts"],
                  "node": node, "detail": None},
                 {"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t + 1e-6, "attempt": rec["attempts"],
                  "node": node, "detail": None}])
-            raw = _j(rec)
             qkey = self._queue_key(rec, t)
             b = u.encode()
             compare = [absent(self._ki + b)]
@@ -859,9 +858,8 @@ class EtcdStore(Store):
         inst.state, inst.attempts, inst.started_ts, inst.node = State.PROCESSING, attempts, t, node
         inst.lease_ts, inst.cancel_requested = t + lease, False
         p = {"node": node, "lease_ts": t + lease, "cancel": False, "lease": lease_id}
-        hist = self._hist_op(rec, [{"uuid": u, "kind": rec["kind"], "state": _PROCESSING, "ts": t,
-                                    "attempt": attempts, "node": node, "detail": None}])
-        raw_i = _j(rec)
+        raw_i, hist = self._with_history(rec, [{"uuid": u, "kind": rec["kind"], "state": _PROCESSING, "ts": t,
+                                                "attempt": attempts, "node": node, "detail": None}])
         success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p)), hist]
 
         key_rev = rev
@@ -909,9 +907,8 @@ class EtcdStore(Store):
                 hist.append({"uuid": u, "kind": kind, "state": _CANCELED, "ts": t + 1e-6, "attempt": attempts,
                              "node": node, "detail": "canceled"})
             rec.update(state=state, result=oc.result, error=oc.error, finished_ts=t, cancel_requested=cancel)
-        success.append(self._hist_op(rec, hist))
-        raw = _j(rec)
-        success.append(op_put(self._ki + b, raw))
+        raw, put_hist = self._with_history(rec, hist)
+        success += [put_hist, op_put(self._ki + b, raw)]
         if qkey is not None:
             success.append(op_put(qkey, raw))
 
@@ -1113,8 +1110,7 @@ class EtcdStore(Store):
                 h = {"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t, "attempt": attempts, "node": node,
                      "detail": f"attempt {attempts} abandoned: node {lost_node} lost its lease; re-queued"}
                 qkey = self._queue_key(rec, t)
-            hist = self._hist_op(rec, [h])
-            raw = _j(rec)
+            raw, hist = self._with_history(rec, [h])
             success = [op_delete(self._kp + b), op_put(self._ki + b, raw), hist]
             if qkey is not None:
                 success.append(op_put(qkey, raw))
@@ -1166,9 +1162,9 @@ class EtcdStore(Store):
                 a = max(0, int(st.rec.get("attempts") or 0) - 1)
                 rec = dict(st.rec, state=_SCHEDULED, attempts=a, lease_ts=None, seq=_next_seq(),
                            cancel_requested=False)
-                hist = self._hist_op(rec, [{"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t,
-                                            "attempt": a, "node": node, "detail": f"released by node {node}"}])
-                raw = _j(rec)
+                raw, hist = self._with_history(rec, [{"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t,
+                                                      "attempt": a, "node": node,
+                                                      "detail": f"released by node {node}"}])
                 qkey = self._queue_key(rec, t)
                 success = [op_delete(self._kp + b), op_put(self._ki + b, raw), op_put(qkey, raw), hist]
 
@@ -1238,10 +1234,10 @@ class EtcdStore(Store):
                     rkey, dkey = self._both_queue_keys(rec)
                     self._rw.delete(rkey)
                     self._dw.delete(dkey)
-                    hist = self._hist_op(new, [{"uuid": u, "kind": rec["kind"], "state": _CANCELED, "ts": t,
-                                                "attempt": rec.get("attempts", 0), "node": node,
-                                                "detail": "canceled before it ran"}])
-                    success = [op_put(self._ki + b, _j(new)), op_delete(rkey), op_delete(dkey), hist]
+                    raw, hist = self._with_history(new, [{"uuid": u, "kind": rec["kind"], "state": _CANCELED,
+                                                          "ts": t, "attempt": rec.get("attempts", 0), "node": node,
+                                                          "detail": "canceled before it ran"}])
+                    success = [op_put(self._ki + b, raw), op_delete(rkey), op_delete(dkey), hist]
                     parts.append(_Part(op_txn([mod_is(self._ki + b, st.i_rev)], success, failure), done, 2000))
                 elif rec.get("state") == _PROCESSING and st.p is not None and not st.p.get("cancel"):
                     p = dict(st.p, cancel=True)

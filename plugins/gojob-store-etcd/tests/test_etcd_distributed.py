@@ -153,6 +153,24 @@ async def test_refused_connection_fails_fast_naming_the_address() -> None:
     assert f"127.0.0.1:{port}" in str(err.value) and "etcd" in str(err.value)
 
 
+# -- a job through a URL, or one clear error ----------------------------------------------------------------
+async def _runs_a_job(url: str) -> None:
+    async def echo(i: int) -> int:
+        return i
+
+    async with Manager(store=url, num_workers=1) as mgr:
+        inst = await mgr.schedule_job(Job(kind="echo", executor=echo), arguments=[5])
+        assert (await mgr.wait(inst, timeout=10)).result == 5
+
+
+async def _refused(url: str) -> str:
+    with anyio.fail_after(20):
+        with pytest.raises(StoreError) as err:
+            async with Manager(store=url, num_workers=1):
+                pytest.fail(f"the Manager started with {url}")
+    return str(err.value)
+
+
 PASSWORD = "pw-Zq81x-secret"
 
 
@@ -176,40 +194,13 @@ async def test_authentication(credentials: str, dedicated: Callable[[], Server])
     finally:
         await admin.close()
     address = f"{server.host}:{server.port}"
-    with anyio.fail_after(20):
-        with pytest.raises(StoreError) as err:
-            async with Manager(store=f"etcd://{credentials}{address}?connect_timeout=3", num_workers=1):
-                pytest.fail("the Manager started without the right password")
-    message = str(err.value)
+    message = await _refused(f"etcd://{credentials}{address}?connect_timeout=3")
     assert address in message and "authentication" in message.lower(), message
     assert "wrong-password" not in message and PASSWORD not in message
-
-    async def echo(i: int) -> int:
-        return i
-
-    async with Manager(store=f"etcd://root:{PASSWORD}@{address}", num_workers=1) as mgr:
-        inst = await mgr.schedule_job(Job(kind="echo", executor=echo), arguments=[7])
-        assert (await mgr.wait(inst, timeout=10)).result == 7
+    await _runs_a_job(f"etcd://root:{PASSWORD}@{address}")
 
 
-# -- TLS and several endpoints --------------------------------------------------------------------------------
-async def _runs_a_job(url: str) -> None:
-    async def echo(i: int) -> int:
-        return i
-
-    async with Manager(store=url, num_workers=1) as mgr:
-        inst = await mgr.schedule_job(Job(kind="echo", executor=echo), arguments=[5])
-        assert (await mgr.wait(inst, timeout=10)).result == 5
-
-
-async def _refused(url: str) -> str:
-    with anyio.fail_after(20):
-        with pytest.raises(StoreError) as err:
-            async with Manager(store=url, num_workers=1):
-                pytest.fail(f"the Manager started with {url}")
-    return str(err.value)
-
-
+# -- TLS and several endpoints ------------------------------------------------------------------------------
 @pytest.mark.parametrize("mutual", [False, True], ids=["server-tls", "mutual-tls"])
 async def test_tls_with_a_private_ca(mutual: bool, tmp_path: Path) -> None:
     """etcds:// with the CA that signed the server's certificate works (with a client certificate when
