@@ -22,7 +22,7 @@ _LOCK = threading.Lock()
 class Context:
     """Cancellation and deadline of one attempt, safe to read from any thread."""
 
-    __slots__ = ("_done", "_reason", "deadline", "timeout")
+    __slots__ = ("_done", "_reason", "_thread_done", "deadline", "timeout")
 
     def __init__(self, timeout: float | None) -> None:
         self.timeout = timeout
@@ -30,6 +30,8 @@ class Context:
         self.deadline = time.monotonic() + timeout if timeout is not None else None
         self._done: threading.Event | None = None  # made on first wait: most attempts never wait
         self._reason: str | None = None
+        #: set by a runner that calls the executor in a thread, once the function has returned
+        self._thread_done: threading.Event | None = None
 
     def _event(self) -> threading.Event:
         ev = self._done

@@ -21,8 +21,13 @@ LogSink = Callable[["Instance", LogLevel, str], None]
 _FIELDS = (
     "uuid", "kind", "args", "kwargs", "priority", "state", "attempts", "max_retries", "timeout",
     "created_ts", "ready_ts", "started_ts", "finished_ts", "result", "error", "node", "lease_ts",
-    "cancel_requested", "crontab_spec", "timezone", "schedule_id", "seq", "abandoned",
+    "cancel_requested", "crontab_spec", "timezone", "schedule_id", "seq", "abandoned", "max_abandons",
 )
+
+#: How many abandoned attempts (its node died or lost the store while running it) an instance may have
+#: before it ends TERMINATED instead of being re-queued: the default of ``Job.max_abandons``, and the
+#: limit of records written before the field existed.
+DEFAULT_MAX_ABANDONS = 5
 
 
 class Instance:
@@ -58,6 +63,7 @@ class Instance:
     schedule_id: str | None
     seq: int
     abandoned: int
+    max_abandons: int | None
 
     def __init__(
         self,
@@ -85,6 +91,7 @@ class Instance:
         schedule_id: str | None = None,
         seq: int = 0,
         abandoned: int = 0,
+        max_abandons: int | None = DEFAULT_MAX_ABANDONS,
     ) -> None:
         self.uuid = uuid
         self.kind = kind
@@ -110,6 +117,8 @@ class Instance:
         self.seq = seq
         #: attempts cut short because their node lost its lease; they do not use up retries
         self.abandoned = abandoned
+        #: after this many abandoned attempts the instance ends TERMINATED (None: no limit)
+        self.max_abandons = max_abandons
         self._sink: LogSink | None = None
 
     # -- reading ---------------------------------------------------------------------------------
@@ -192,6 +201,7 @@ class Instance:
         new.schedule_id = self.schedule_id
         new.seq = self.seq
         new.abandoned = self.abandoned
+        new.max_abandons = self.max_abandons
         new._sink = None
         return new
 
@@ -214,6 +224,8 @@ class Instance:
         if new.kwargs is None:
             new.kwargs = {}
         new.abandoned = int(new.abandoned or 0)
+        if new.max_abandons is not None:
+            new.max_abandons = int(new.max_abandons)
         return new
 
     def __eq__(self, other: object) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._instance import DEFAULT_MAX_ABANDONS
 from .errors import InvalidJobError
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ class Job:
     priority: int = 0
     max_retries: int = 0
     timeout: float | _dt.timedelta | None = None
+    #: abandoned attempts (the node running it died or lost the store) before an instance ends
+    #: TERMINATED instead of re-queued; None: no limit. Abandons are not failures: they use no retry.
+    max_abandons: int | None = DEFAULT_MAX_ABANDONS
     backoff_strategy: BackoffStrategy | None = None
     complete_processor: CompleteProcessor | None = None
     terminate_processor: TerminateProcessor | None = None
@@ -60,6 +64,10 @@ class Job:
         if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
             raise InvalidJobError(
                 f"job {self.kind!r}: max_retries must be a non-negative integer, got {self.max_retries!r}")
+        if self.max_abandons is not None and (not isinstance(self.max_abandons, int)
+                                              or isinstance(self.max_abandons, bool) or self.max_abandons < 1):
+            raise InvalidJobError(
+                f"job {self.kind!r}: max_abandons must be a positive integer or None, got {self.max_abandons!r}")
         for name in ("backoff_strategy", "complete_processor", "terminate_processor", "state_change_processor"):
             value = getattr(self, name)
             if value is not None and not callable(value):

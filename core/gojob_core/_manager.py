@@ -61,14 +61,18 @@ _RETIRE: Any = None  # sent to the worker stream to retire one worker
 class _Running:
     """This node's bookkeeping for one claimed instance."""
 
-    __slots__ = ("ctx", "finishing", "inst", "scope", "stop_reason")
+    __slots__ = ("ctx", "finishing", "inst", "lease_until", "scope", "started", "stop_reason")
 
-    def __init__(self, inst: Instance) -> None:
+    def __init__(self, inst: Instance, lease_until: float) -> None:
         self.inst = inst
         self.scope: anyio.CancelScope | None = None
         self.ctx: Context | None = None
         self.stop_reason: str | None = None
         self.finishing = False  # its outcome is with the finish writer, not yet answered
+        self.started = False  # the executor was called
+        #: anyio clock time by which this node must have renewed the lease, or stop the attempt itself
+        #: (the store may hand the instance to another node, or to this one again, soon after)
+        self.lease_until = lease_until
 
     def stop(self, reason: str) -> None:
         """Stop the attempt: "canceled" (user cancel), "lost" (lease lost), "shutdown" (node stopping)."""
@@ -160,7 +164,7 @@ class _FinishBatcher:
         try:
             await m._flush_logs()
             # the free slots (those of this batch included, if not freed yet) are filled in the same call
-            free = 0 if m._stopping else m._target - m._in_flight + freed - m._reserved
+            free = 0 if m._stopping or m._suspects else m._target - m._in_flight + freed - m._reserved
             oks, claimed = await m.store.finish_and_claim(m.node_id, [o for o, _ in batch], max(0, free),
                                                           m.lease_time)
             if free > 0:
@@ -260,6 +264,7 @@ class Manager:
         self._in_flight = 0
         self._reserved = 0
         self._starved = False  # the last claim got fewer instances than it asked for (see FINISH_LINGER)
+        self._suspects: set[str] = set()  # suspect instances running here: no claims until they end
         self._capacity: anyio.Event | None = None
         self._grown: anyio.Event | None = None  # set when a pool of zero gets workers (see _cancel_listener)
         self._idle: anyio.Event | None = None
@@ -578,7 +583,8 @@ class Manager:
             insts.append(Instance(uuid=uid, kind=kind, args=args, kwargs=kwargs, priority=prio,
                                   state=State.SCHEDULED, max_retries=retries, timeout=tmo_s, created_ts=ts,
                                   ready_ts=ready, crontab_spec=cron.spec if cron else None,
-                                  timezone=cron.tz_name if cron else None, schedule_id=sid))
+                                  timezone=cron.tz_name if cron else None, schedule_id=sid,
+                                  max_abandons=job.max_abandons))
             insts[-1]._sink = self._log_sink
         if backoff_strategy is not None or terminate_processor is not None:
             ov = _Overrides(backoff_strategy, terminate_processor)
@@ -671,14 +677,28 @@ class Manager:
         inst._sink = self._log_sink
         return inst
 
-    async def cancel_instance(self, instance: Instance | str) -> Instance:
+    async def cancel_instance(self, instance: Instance | str, *,
+                              wait: float | _dt.timedelta | None = 10.0) -> Instance:
         """Cancel an instance on whichever node holds it: queued, delayed, recurring or running.
 
         A waiting instance is CANCELED at once; a running one is interrupted (an async executor is
         canceled; a sync one sees ``ctx.cancelled``) and ends CANCELED. Canceling an occurrence of a
         recurring schedule cancels the schedule. A cancel is final: no retry follows.
+
+        For an instance a node holds (claimed, perhaps not started yet), the call waits up to ``wait``
+        seconds for that node to stop it and record CANCELED. What it returns is the truth:
+
+        - state CANCELED (or another final state, if the attempt ended first): the executor is not
+          running and will never start for this instance (a sync executor's thread that ignored its
+          Context for a second is the exception, and its CANCELED record says so);
+        - state PROCESSING with ``cancel_requested`` set: the node did not confirm within ``wait``
+          (it may be cut off from the store, or dead: its lease expiry then records CANCELED); the
+          executor may still be running, and may still start.
         """
         uid = _uuid_of(instance)
+        limit = 0.0 if wait is None else seconds(wait, what="wait")
+        if limit < 0:
+            raise ValueError(f"cancel_instance: wait must not be negative, got {wait!r}")
         before = await self.store.get_instance(uid)
         if before is None:
             raise InstanceNotFoundError(uid)
@@ -694,6 +714,8 @@ class Manager:
         run = self._running.get(uid)
         if run is not None:
             run.stop("canceled")
+        if inst.state is State.PROCESSING and limit > 0:
+            inst = await self.store.wait_final(uid, limit) or inst
         for w in waiting:  # report the transitions the store made, once each
             job = self._jobs.get(w.kind)
             now_w = inst if w.uuid == uid else await self.store.get_instance(w.uuid)
@@ -749,7 +771,7 @@ class Manager:
     async def _dispatch_loop(self) -> None:
         store, node = self.store, self.node_id
         while not self._stopping:
-            free = self._target - self._in_flight
+            free = self._target - self._in_flight if not self._suspects else 0
             if free <= 0:
                 if self._capacity is None:
                     self._capacity = anyio.Event()
@@ -778,9 +800,23 @@ class Manager:
 
     def _dispatch(self, insts: list[Instance]) -> None:
         """Hand claimed instances to the workers (they count against the pool at once)."""
+        lease_until = anyio.current_time() + self.lease_time * _LEASE_MARGIN
         for inst in insts:
+            old = self._running.get(inst.uuid)
+            if old is not None:
+                # this node lost the lease of an earlier attempt (it could not reach the store in
+                # time) and the store handed it the instance again: the old attempt stops first, and
+                # its outcome could not be written anyway (finish is fenced by attempt)
+                self._report(f"instance {inst.uuid} claimed again (attempt {inst.attempts}) while its "
+                             f"attempt {old.inst.attempts} still ran here; stopping the old attempt")
+                old.stop("lost")
+            if inst.abandoned:
+                # a suspect (its earlier attempts died with their node): the store hands it out
+                # alone, and this node claims nothing more until it ends, so that if it kills the
+                # process again no neighbour dies with it
+                self._suspects.add(inst.uuid)
             self._in_flight += 1
-            self._running[inst.uuid] = _Running(inst)
+            self._running[inst.uuid] = _Running(inst, lease_until)
             self._send.send_nowait(inst)
 
     async def _worker_loop(self, worker: Worker) -> None:
@@ -801,6 +837,8 @@ class Manager:
                     # (one whose outcome is still being written stays until the write is answered)
                     if run is not None and not run.finishing and self._running.get(inst.uuid) is run:
                         del self._running[inst.uuid]
+                    if inst.abandoned:
+                        self._suspects.discard(inst.uuid)
                     self._in_flight -= 1
                     self._wake_dispatcher()
                     self._check_idle()
@@ -817,7 +855,8 @@ class Manager:
         if job is None:
             await self._finish(inst, None, Outcome(inst.uuid, State.TERMINATED,
                                                    error=f"UnknownJobError: job kind {inst.kind!r} is not "
-                                                         f"registered on node {self.node_id}"))
+                                                         f"registered on node {self.node_id}",
+                                                   attempt=inst.attempts))
             return
         if inst.crontab_spec is not None:
             await self._chain_next_occurrence(inst)
@@ -833,11 +872,18 @@ class Manager:
         if inst.timeout is not None:
             scope.deadline = anyio.current_time() + inst.timeout
         run.scope = scope
-        if run.stop_reason is not None:
-            scope.cancel()
         try:
             args, kwargs = sig.prepare_call(inst.args, inst.kwargs, {"instance": inst, "manager": self,
                                                                     "worker": worker, "context": ctx})
+            # the last moment before the executor starts: a cancel (or a lost lease) that reached this
+            # node while the instance was claimed and waiting for its turn means it never starts
+            if run.stop_reason == "canceled":
+                await self._finish(inst, job, Outcome(inst.uuid, State.CANCELED, detail="canceled before it started",
+                                                      attempt=inst.attempts))
+                return
+            if run.stop_reason is not None:
+                return
+            run.started = True
             with scope:
                 result = await self._runners[inst.kind].run(job.executor, args, kwargs, ctx)
         except Exception as exc:  # the executor's failure (or bad stored arguments)
@@ -850,7 +896,11 @@ class Manager:
                 error = JobTimeoutError(f"job {inst.kind!r} attempt {inst.attempts} timed out "
                                         f"after {inst.timeout}s")
             elif reason == "canceled":
-                await self._finish(inst, job, Outcome(inst.uuid, State.CANCELED, detail="canceled while running"))
+                detail = "canceled while running"
+                if not await _thread_returned(ctx, _CANCEL_GRACE):
+                    detail = (f"canceled while running; its thread had not returned {_CANCEL_GRACE:g} s later "
+                              "and may still be running")
+                await self._finish(inst, job, Outcome(inst.uuid, State.CANCELED, detail=detail, attempt=inst.attempts))
                 return
             else:  # "lost": another node owns it now; "shutdown": handed back by stop()
                 return
@@ -865,7 +915,7 @@ class Manager:
         if job.complete_processor is not None:
             await self._call_processor("complete_processor", inst, job.complete_processor, inst, results)
         self.plugins.completed(self, inst, results)
-        await self._finish(inst, job, Outcome(inst.uuid, State.COMPLETED, result=inst.result))
+        await self._finish(inst, job, Outcome(inst.uuid, State.COMPLETED, result=inst.result, attempt=inst.attempts))
 
     async def _fail(self, inst: Instance, job: Job, error: BaseException) -> None:
         timed_out = isinstance(error, JobTimeoutError)
@@ -883,7 +933,8 @@ class Manager:
             except Exception as exc:
                 inst.errorf("terminate_processor raised %s: %s", type(exc).__name__, exc)
         if err is None:  # the processor cleared the error: the attempt counts as a success
-            await self._finish(inst, job, Outcome(inst.uuid, State.COMPLETED, detail=f"cleared: {_describe(error)}"))
+            await self._finish(inst, job, Outcome(inst.uuid, State.COMPLETED, detail=f"cleared: {_describe(error)}",
+                                                  attempt=inst.attempts))
             return
         state = State.TIMED_OUT if timed_out and isinstance(err, JobTimeoutError) else State.TERMINATED
         message = _describe(err)
@@ -891,7 +942,8 @@ class Manager:
         retry_at = None
         if inst.attempts - inst.abandoned <= inst.max_retries:  # abandoned attempts are not failures
             retry_at = now() + self._backoff(inst, job, ov)
-        await self._finish(inst, job, Outcome(inst.uuid, state, error=message, retry_at=retry_at))
+        await self._finish(inst, job, Outcome(inst.uuid, state, error=message, retry_at=retry_at,
+                                              attempt=inst.attempts))
 
     def _backoff(self, inst: Instance, job: Job, ov: _Overrides | None) -> float:
         strategy = ov.backoff if ov is not None and ov.backoff is not None else job.backoff_strategy
@@ -958,7 +1010,8 @@ class Manager:
         follow = Instance(uuid=_occurrence_uuid(inst.schedule_id, nxt), kind=inst.kind, args=inst.args,
                           kwargs=inst.kwargs, priority=inst.priority, state=State.SCHEDULED,
                           max_retries=inst.max_retries, timeout=inst.timeout, created_ts=now(), ready_ts=nxt,
-                          crontab_spec=inst.crontab_spec, timezone=inst.timezone, schedule_id=inst.schedule_id)
+                          crontab_spec=inst.crontab_spec, timezone=inst.timezone, schedule_id=inst.schedule_id,
+                          max_abandons=inst.max_abandons)
         [added] = await self.store.enqueue([follow], node=self.node_id, chained=True)
         job = self._jobs.get(inst.kind)
         if added and job is not None:
@@ -984,24 +1037,51 @@ class Manager:
 
     # -- background loops ------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._lease_fence_loop)
+            while True:
+                await anyio.sleep(self.lease_time / 3)
+                await self._renew_leases()
+
+    async def _renew_leases(self) -> None:
+        runs = dict(self._running)
+        if not runs:
+            return
+        sent = anyio.current_time()
+        try:
+            # a renewal answered after the lease would have lapsed renews nothing this node can use
+            with anyio.fail_after(self.lease_time * _LEASE_MARGIN):
+                report = await self.store.extend_leases(self.node_id, list(runs), self.lease_time)
+        except (StoreError, OSError, TimeoutError) as exc:
+            self._report(f"lease heartbeat failed: {exc!r}")
+            return
+        until = sent + self.lease_time * _LEASE_MARGIN
+        for uid, run in runs.items():
+            if uid not in report.lost and self._running.get(uid) is run:
+                run.lease_until = max(run.lease_until, until)
+        for uid in report.lost:
+            run = self._running.get(uid)
+            if run is not None:
+                run.stop("lost")
+        for uid in report.cancel_requested:
+            run = self._running.get(uid)
+            if run is not None:
+                run.stop("canceled")
+
+    async def _lease_fence_loop(self) -> None:
+        """Stop attempts whose lease this node could not renew in time (the store unreachable, say):
+        once it lapses, any node may re-queue and run the instance, this one included, and two attempts
+        must not run side by side. Their outcome is not written; the store's lease expiry re-queues
+        them (an abandoned attempt in history)."""
+        period = min(self.lease_time * (1 - _LEASE_MARGIN) / 2, 1.0)
         while True:
-            await anyio.sleep(self.lease_time / 3)
-            uuids = list(self._running)
-            if not uuids:
-                continue
-            try:
-                report = await self.store.extend_leases(self.node_id, uuids, self.lease_time)
-            except (StoreError, OSError) as exc:
-                self._report(f"lease heartbeat failed: {exc!r}")
-                continue
-            for uid in report.lost:
-                run = self._running.get(uid)
-                if run is not None:
+            await anyio.sleep(period)
+            t = anyio.current_time()
+            for uid, run in list(self._running.items()):
+                if run.lease_until < t and run.stop_reason is None and not run.finishing:
+                    self._report(f"lease of {uid} (attempt {run.inst.attempts}) not renewed in time: "
+                                 "stopping the attempt; the store re-queues it when the lease expires")
                     run.stop("lost")
-            for uid in report.cancel_requested:
-                run = self._running.get(uid)
-                if run is not None:
-                    run.stop("canceled")
 
     async def _reclaim_loop(self) -> None:
         while True:
@@ -1072,6 +1152,25 @@ class Manager:
 
 # -- helpers ---------------------------------------------------------------------------------------------
 _METRICS_SPACING = 20  # a queue-size read that took d seconds is followed by at least 20 d without one
+#: a node stops an attempt itself once this share of the lease has passed since the claim or the last
+#: renewal that reached the store (the store's own expiry comes later: the margin covers round trips and
+#: the fence check's period)
+_LEASE_MARGIN = 0.8
+#: seconds a canceled sync executor's thread is given to return before the instance is recorded CANCELED
+#: with a detail saying it may still be running
+_CANCEL_GRACE = 1.0
+
+
+async def _thread_returned(ctx: Context, grace: float) -> bool:
+    """Whether the attempt's executor has returned, waiting up to ``grace`` seconds for a thread that the
+    cancel released (an async executor has always returned by then)."""
+    done = ctx._thread_done
+    if done is None or done.is_set():
+        return True
+    with anyio.CancelScope(shield=True), anyio.move_on_after(grace):
+        while not done.is_set():
+            await anyio.sleep(0.005)
+    return done.is_set()
 
 
 def _check_workers(n: object) -> None:

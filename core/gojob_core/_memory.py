@@ -19,7 +19,7 @@ from ._instance import Instance
 from ._records import LogRecord, Query, StateRecord
 from ._state import State
 from ._time import now
-from .abc import LeaseReport, Outcome, Store
+from .abc import LeaseReport, Outcome, Store, abandon_limit_message
 
 __all__ = ["MemoryStore"]
 
@@ -156,6 +156,9 @@ class MemoryStore(Store):
             inst = instances.get(uuid)
             if inst is None or inst.seq != seq or inst.state is not State.SCHEDULED:
                 continue
+            if inst.abandoned and out:  # a suspect is handed out alone: it waits, first, for the next claim
+                heapq.heappush(ready, (inst.priority, inst.ready_ts, seq, uuid))
+                break
             inst.state = State.PROCESSING
             inst.attempts += 1
             inst.started_ts = ts
@@ -164,6 +167,8 @@ class MemoryStore(Store):
             running[uuid] = inst
             self._record(inst, State.PROCESSING, ts, node)
             out.append(inst.copy())
+            if inst.abandoned:
+                break
         return out
 
     async def wait_ready(self, timeout: float) -> None:
@@ -208,8 +213,15 @@ class MemoryStore(Store):
                 self._record(inst, State.CANCELED, ts, node, f"canceled; node {lost_node} lost its lease")
                 self._finalize(inst)
                 continue
-            inst.state = State.SCHEDULED
             inst.abandoned += 1
+            if inst.max_abandons is not None and inst.abandoned >= inst.max_abandons:
+                inst.state = State.TERMINATED
+                inst.finished_ts = ts
+                inst.error = abandon_limit_message(inst.attempts, lost_node, inst.max_abandons)
+                self._record(inst, State.TERMINATED, ts, node, inst.error)
+                self._finalize(inst)
+                continue
+            inst.state = State.SCHEDULED
             self._record(inst, State.SCHEDULED, ts, node,
                          f"attempt {inst.attempts} abandoned: node {lost_node} lost its lease; re-queued")
             self._push(inst, ts)
@@ -224,7 +236,7 @@ class MemoryStore(Store):
         requeued = False
         for oc in outcomes:
             inst = self._running.get(oc.uuid)
-            if inst is None or inst.node != node:
+            if inst is None or inst.node != node or (oc.attempt is not None and inst.attempts != oc.attempt):
                 done.append(False)
                 continue
             del self._running[oc.uuid]

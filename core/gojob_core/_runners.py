@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -34,8 +34,11 @@ class AsyncRunner:
 class ThreadRunner:
     """Runs a sync executor in a worker thread.
 
-    A thread cannot be interrupted: on cancel or timeout the attempt ends at once (the worker is
-    freed), the Context tells the function to stop, and the thread runs until the function returns.
+    A thread cannot be interrupted: on cancel or timeout the Context tells the function to stop, and
+    the thread runs until the function returns. A timed-out attempt ends at once (the worker is
+    freed); a canceled one waits up to a second for the function to return, so that its CANCELED
+    record can say whether the executor may still be running. The Context's ``_thread_done`` is set
+    when the function returns.
     The pool's size bounds how many run at once, so the limiter itself is unbounded: an abandoned
     thread never takes a token that a new attempt needs.
     """
@@ -45,5 +48,12 @@ class ThreadRunner:
 
     async def run(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                   ctx: Context) -> Any:
-        call = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
+        done = ctx._thread_done = threading.Event()
+
+        def call() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                done.set()
+
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=self.limiter)

@@ -9,9 +9,13 @@ conformance suite in :mod:`gojob_core.testing`. The rules a store must keep:
   FIFO), to one node under a lease, sets them PROCESSING, counts the attempt and records it.
   Two nodes never hold the same instance.
 - **Leases** are extended by the running node; an instance whose lease expired (its node died) is
-  re-queued by any live node (an *abandoned* attempt in history), or canceled if a cancel was asked.
+  re-queued by any live node (an *abandoned* attempt in history), or canceled if a cancel was asked;
+  once an instance has been abandoned ``max_abandons`` times it ends TERMINATED instead (a job that
+  kills its node must not crash-loop the cluster). Claims hand out a *suspect* instance (one abandoned
+  before) only alone, never in a batch with others, so that its neighbours do not die with it again.
 - **Finish** writes the final state (or the failed state and the retry), its history records, the
-  result or error and releases the lease in one atomic step, only while the lease is still held.
+  result or error and releases the lease in one atomic step, only while the lease is still held by
+  that node *for that attempt* (:attr:`Outcome.attempt`).
 - **Cancel** of a waiting instance is final at once; of a running one it sets a flag that the running
   node sees (through :meth:`Store.cancel_notifications` or the lease heartbeat). Canceling a recurring
   instance cancels its schedule.
@@ -36,7 +40,14 @@ from ._instance import Instance
 from ._records import LogRecord, Query, StateRecord
 from ._state import State
 
-__all__ = ["CorruptRecord", "LeaseReport", "Outcome", "Store", "lazy_store"]
+__all__ = ["CorruptRecord", "LeaseReport", "Outcome", "Store", "abandon_limit_message", "lazy_store"]
+
+
+def abandon_limit_message(attempt: int, lost_node: str | None, max_abandons: int) -> str:
+    """The error and TERMINATED history detail of an instance abandoned for the ``max_abandons``-th
+    time (every store writes the same words; the Lua scripts build the same string)."""
+    return (f"AbandonedError: attempt {attempt} abandoned: node {lost_node or '?'} lost its lease; "
+            f"{max_abandons} attempts abandoned (max_abandons), not re-queued")
 
 
 class Outcome(NamedTuple):
@@ -45,6 +56,12 @@ class Outcome(NamedTuple):
     ``state`` is the attempt's state (COMPLETED, TERMINATED, TIMED_OUT or CANCELED). With ``retry_at``
     set (epoch seconds) the instance records ``state`` for this attempt and goes back to SCHEDULED,
     ready at ``retry_at``; otherwise ``state`` is final.
+
+    ``attempt`` fences the write: the attempt number (``Instance.attempts`` when it was claimed) the
+    outcome belongs to. A store writes it only while the instance is still in that attempt, so an
+    attempt that outlived its lease (its node was cut off from the store, the instance was re-queued
+    and claimed again, even by the same node) cannot pass its result off as the newer attempt's.
+    ``None`` (a caller that does not know it) fences by node only.
     """
 
     uuid: str
@@ -53,6 +70,7 @@ class Outcome(NamedTuple):
     error: str | None = None
     retry_at: float | None = None
     detail: str | None = None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +157,9 @@ class Store(abc.ABC):
         """Atomically take up to ``limit`` ready instances for ``node`` for ``lease`` seconds.
 
         Ordered by (priority, ready time, FIFO). Each is set PROCESSING with ``attempts`` + 1,
-        ``started_ts``, ``node`` and ``lease_ts``, and a PROCESSING history record.
+        ``started_ts``, ``node`` and ``lease_ts``, and a PROCESSING history record. A suspect instance
+        (``abandoned`` > 0) is handed out alone: first in the order, it is the whole claim; reached
+        after others, the claim ends before it (it stays queued, first for the next claim).
         """
 
     async def claim_or_wait(self, node: str, limit: int, lease: float, timeout: float) -> list[Instance]:
@@ -170,13 +190,16 @@ class Store(abc.ABC):
         Each gets ``abandoned`` + 1 (abandoned attempts do not use up retries) and a history record
         of the abandoned attempt (the attempt's state PROCESSING ends with
         state SCHEDULED, detail naming the node that lost it). One whose cancel was asked is CANCELED.
+        One whose ``abandoned`` reaches ``max_abandons`` (not None) ends TERMINATED instead, its error
+        and history detail from :func:`abandon_limit_message`; it is not in the returned list.
         """
 
     @abc.abstractmethod
     async def finish(self, node: str, outcomes: Sequence[Outcome]) -> list[bool]:
         """Apply each outcome atomically (state, history, result or error, lease release).
 
-        Only while ``node`` still holds the instance's lease; otherwise nothing is written (False).
+        Only while ``node`` still holds the instance's lease and the instance is still in the
+        outcome's ``attempt`` (when given); otherwise nothing is written (False).
         """
 
     async def finish_and_claim(self, node: str, outcomes: Sequence[Outcome], limit: int,
@@ -288,6 +311,13 @@ class Store(abc.ABC):
     async def corrupt_records(self) -> list[CorruptRecord]:
         """Records set aside because they could not be decoded (the default store has none)."""
         return []
+
+    async def drop_corrupt_record(self, key: str) -> bool:
+        """Forget a record set aside as corrupt, ``key`` as :meth:`corrupt_records` reports it: its kept
+        copy (and the unreadable original, if the store kept it in place) is deleted, and it is no
+        longer reported. An operator's decision, never the store's own: to repair, read ``raw``,
+        schedule the work again, then drop. Returns False if no such record is set aside."""
+        return False
 
 
 def lazy_store(target: str, *, schemes: tuple[str, ...], name: str,

@@ -58,7 +58,7 @@ from .._instance import Instance
 from .._records import LogRecord, Query, StateRecord
 from .._state import State
 from .._time import now
-from ..abc import CorruptRecord, LeaseReport, Outcome, Store
+from ..abc import CorruptRecord, LeaseReport, Outcome, Store, abandon_limit_message
 from ..errors import StoreError
 from ._backend import KvBackend, KvEntry
 
@@ -440,6 +440,9 @@ class KvStore(Store):
                     break
                 if cls != "ok" or cur is None:
                     continue
+                if cur.inst.abandoned and out:  # a suspect is handed out alone: it waits for the next claim
+                    more = False
+                    break
                 # the running index first: a node dying after the claim still leaves it for reclaim
                 await b.set(self._k_running(cur.inst), node.encode())
                 while cur is not None:
@@ -455,6 +458,9 @@ class KvStore(Store):
                         out.append(new)
                         taken.append(key)
                         written.append(_Cur(new, version, pending))
+                        if new.abandoned:
+                            more = False
+                            limit = len(out)  # the suspect is the whole claim
                         break
                     # the record changed: still claimable at this seq (a flush, say)? then try again
                     seq = cur.inst.seq
@@ -565,8 +571,13 @@ class KvStore(Store):
                     inst.finished_ts = ts
                     return inst, [_record(inst, State.CANCELED, ts, node,
                                           f"canceled; node {lost_node} lost its lease")]
-                inst.state = State.SCHEDULED
                 inst.abandoned += 1
+                if inst.max_abandons is not None and inst.abandoned >= inst.max_abandons:
+                    inst.state = State.TERMINATED
+                    inst.finished_ts = ts
+                    inst.error = abandon_limit_message(inst.attempts, lost_node, inst.max_abandons)
+                    return inst, [_record(inst, State.TERMINATED, ts, node, inst.error)]
+                inst.state = State.SCHEDULED
                 return inst, [_record(inst, State.SCHEDULED, ts, node,
                                       f"attempt {inst.attempts} abandoned: node {lost_node} lost its lease; "
                                       "re-queued")]
@@ -594,7 +605,8 @@ class KvStore(Store):
         for oc, entry in zip(outcomes, entries):
 
             def decide(inst: Instance | None) -> _Plan | None:
-                if inst is None or inst.state is not State.PROCESSING or inst.node != node:
+                if (inst is None or inst.state is not State.PROCESSING or inst.node != node
+                        or (oc.attempt is not None and inst.attempts != oc.attempt)):
                     return None
                 history = [_record(inst, oc.state, ts, node, oc.error or oc.detail)]
                 inst.lease_ts = None

@@ -16,17 +16,19 @@ from .._job import Job
 from .._manager import Manager
 from .._records import LogRecord, Query
 from .._state import LogLevel, State
-from ..abc import Outcome, Store
+from ..abc import Outcome, Store, abandon_limit_message
 
 __all__ = ["StoreConformance"]
 
 
 def _inst(kind: str = "k", *, priority: int = 0, delay: float = 0.0, args: list[Any] | None = None,
-          schedule_id: str | None = None, uid: str | None = None, ts: float | None = None) -> Instance:
+          schedule_id: str | None = None, uid: str | None = None, ts: float | None = None,
+          max_abandons: int | None = 5) -> Instance:
     now = time.time() if ts is None else ts
     return Instance(uuid=uid or str(_uuid.uuid4()), kind=kind, args=args if args is not None else [],
                     priority=priority, state=State.SCHEDULED, created_ts=now, ready_ts=now + delay,
-                    schedule_id=schedule_id, crontab_spec="* * * * *" if schedule_id else None)
+                    schedule_id=schedule_id, crontab_spec="* * * * *" if schedule_id else None,
+                    max_abandons=max_abandons)
 
 
 async def _claim_all(store: Store, node: str, lease: float = 30.0) -> list[Instance]:
@@ -254,6 +256,90 @@ class StoreConformance:
         got = await store.get_instance(inst.uuid)
         assert got is not None and got.state is State.CANCELED
         assert await store.claim("live", 10, 30.0) == []
+
+    async def _abandon(self, store: Store, uid: str, node: str = "dead") -> list[Instance]:
+        """Claim ``uid`` (it must be first in the queue) for ``node``, let the lease lapse, reclaim."""
+        [got] = await store.claim(node, 1, self.short_lease)
+        assert got.uuid == uid
+        await anyio.sleep(self.short_lease + 0.3)
+        return await store.reclaim_expired("live")
+
+    async def test_finish_of_a_stale_attempt_writes_nothing(self, store: Store) -> None:
+        # the node lost its lease (cut off from the store), the instance was re-queued and the same node
+        # claimed it again: the first attempt's outcome must not be taken as the second's
+        inst = _inst()
+        await store.enqueue([inst])
+        assert [i.uuid for i in await self._abandon(store, inst.uuid, node="n1")] == [inst.uuid]
+        [again] = await store.claim("n1", 10, 30.0)
+        assert again.attempts == 2
+        stale = Outcome(inst.uuid, State.COMPLETED, result="from attempt 1", attempt=1)
+        assert await store.finish("n1", [stale]) == [False]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.PROCESSING and got.result is None
+        oks, _ = await store.finish_and_claim("n1", [stale], 0, 30.0)
+        assert oks == [False]
+        fresh = Outcome(inst.uuid, State.COMPLETED, result="from attempt 2", attempt=2)
+        assert await store.finish("n1", [fresh]) == [True]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.COMPLETED and got.result == "from attempt 2"
+        hist = await store.lookup_history(Query(instance=inst))
+        assert [(h.state, h.attempt, h.node) for h in hist] == [
+            (State.CREATED, 0, None), (State.SCHEDULED, 0, None), (State.PROCESSING, 1, "n1"),
+            (State.SCHEDULED, 1, "live"), (State.PROCESSING, 2, "n1"), (State.COMPLETED, 2, "n1")]
+
+    async def test_max_abandons_round_trips(self, store: Store) -> None:
+        a, b, c = _inst(max_abandons=None), _inst(max_abandons=7), _inst()
+        await store.enqueue([a, b, c])
+        got = {i.uuid: i.max_abandons for i in await store.list_instances(Query())}
+        assert got == {a.uuid: None, b.uuid: 7, c.uuid: 5}
+        claimed = {i.uuid: i.max_abandons for i in await _claim_all(store, "n1")}
+        assert claimed == got
+
+    async def test_abandon_limit_ends_terminated(self, store: Store) -> None:
+        inst = _inst(max_abandons=2)
+        await store.enqueue([inst])
+        assert [i.uuid for i in await self._abandon(store, inst.uuid)] == [inst.uuid]
+        assert await self._abandon(store, inst.uuid) == []  # the second abandon is the last
+        message = abandon_limit_message(2, "dead", 2)
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.TERMINATED and got.error == message
+        assert got.abandoned == 2 and got.finished_ts is not None
+        assert await store.claim("live", 10, 30.0) == []
+        assert (await store.queue_counts()).get("k", 0) == 0
+        hist = await store.lookup_history(Query(instance=inst))
+        assert [(h.state, h.attempt, h.node) for h in hist] == [
+            (State.CREATED, 0, None), (State.SCHEDULED, 0, None), (State.PROCESSING, 1, "dead"),
+            (State.SCHEDULED, 1, "live"), (State.PROCESSING, 2, "dead"), (State.TERMINATED, 2, "live")]
+        assert hist[-1].detail == message
+        assert await store.wait_final(inst.uuid, 1.0) is not None
+
+    async def test_no_abandon_limit_requeues_for_ever(self, store: Store) -> None:
+        inst = _inst(max_abandons=None)
+        await store.enqueue([inst])
+        for _ in range(3):
+            assert [i.uuid for i in await self._abandon(store, inst.uuid)] == [inst.uuid]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.SCHEDULED and got.abandoned == 3
+
+    async def test_suspect_instance_is_claimed_alone(self, store: Store) -> None:
+        suspect = _inst(priority=1)
+        await store.enqueue([suspect])
+        await self._abandon(store, suspect.uuid)
+        first, second, later = _inst(priority=0), _inst(priority=1), _inst(priority=1)
+        await store.enqueue([first, second, later])
+        # order: first (priority 0), then the suspect (priority 1, ready earliest), then second, later
+        assert [i.uuid for i in await store.claim("n1", 10, 30.0)] == [first.uuid]
+        [alone] = await store.claim("n1", 10, 30.0)
+        assert alone.uuid == suspect.uuid and alone.abandoned == 1
+        assert [i.uuid for i in await store.claim("n1", 10, 30.0)] == [second.uuid, later.uuid]
+        # finish_and_claim keeps the rule too
+        other = _inst(priority=5)
+        await store.enqueue([other])
+        await self._abandon(store, other.uuid, node="n2")
+        tail = _inst(priority=5)
+        await store.enqueue([tail])
+        _, claimed = await store.finish_and_claim("n1", [Outcome(first.uuid, State.COMPLETED, attempt=1)], 10, 30.0)
+        assert [i.uuid for i in claimed] == [other.uuid]
 
     async def test_release_hands_back_without_counting_the_attempt(self, store: Store) -> None:
         inst = _inst()
@@ -592,3 +678,71 @@ class StoreConformance:
             with anyio.fail_after(5):
                 while (cur := runner.workers[0].current) is not None and cur.uuid == inst.uuid:
                     await anyio.sleep(0.01)
+
+    async def test_cancel_of_a_claimed_instance_returns_once_it_cannot_start(
+            self, make_store: Callable[[], Store]) -> None:
+        # claimed by the runner (PROCESSING in the store) but held before its executor starts, by a slow
+        # state-change processor: the cancel from another node returns only when the runner has
+        # stopped it, and the executor never starts
+        claimed, release = anyio.Event(), anyio.Event()
+        ran: list[str] = []
+
+        async def hold(inst: Instance, state: State) -> None:
+            if state is State.PROCESSING:
+                claimed.set()
+                await release.wait()
+
+        async def body() -> None:
+            ran.append("started")
+
+        job = Job(kind="conformance.cancel-claimed", executor=body, state_change_processor=hold)
+        async with Manager(make_store(), num_workers=1, node_id="runner", autoload_plugins=False) as runner, \
+                Manager(make_store(), num_workers=0, node_id="operator", autoload_plugins=False) as operator:
+            inst = await runner.schedule_job(job)
+            with anyio.fail_after(10):
+                await claimed.wait()
+            returned: list[Instance] = []
+
+            async def cancel() -> None:
+                returned.append(await operator.cancel_instance(inst, wait=30))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel)
+                with anyio.fail_after(10):
+                    while not ((cur := await operator.store.get_instance(inst.uuid)) and cur.cancel_requested):
+                        await anyio.sleep(0.01)
+                # the runner learns of the cancel (notification or heartbeat) while its processor holds on
+                with anyio.fail_after(runner.lease_time):
+                    while runner._running.get(inst.uuid) is None or \
+                            runner._running[inst.uuid].stop_reason != "canceled":
+                        await anyio.sleep(0.01)
+                assert not returned  # still waiting for the runner to confirm
+                release.set()
+            [done] = returned
+            assert done.state is State.CANCELED and ran == []
+            hist = await operator.lookup_instance_history(Query(instance=inst))
+            assert [(h.state, h.attempt, h.node, h.detail) for h in hist] == [
+                (State.CREATED, 0, "runner", None), (State.SCHEDULED, 0, "runner", None),
+                (State.PROCESSING, 1, "runner", None), (State.CANCELED, 1, "runner", "canceled before it started")]
+
+    async def test_cancel_that_cannot_be_confirmed_says_so(self, make_store: Callable[[], Store]) -> None:
+        # the node holding the instance is gone (crashed, its lease not expired yet): the cancel returns
+        # after its wait with the instance still PROCESSING and cancel_requested, not as CANCELED
+        started = anyio.Event()
+
+        async def body() -> None:
+            started.set()
+            await anyio.sleep(3600)
+
+        doomed = Manager(make_store(), num_workers=1, node_id="doomed", lease_time=60, autoload_plugins=False)
+        await doomed.start()
+        try:
+            inst = await doomed.schedule_job(Job(kind="conformance.cancel-lost", executor=body))
+            with anyio.fail_after(10):
+                await started.wait()
+        finally:
+            await doomed.stop(abandon=True)
+        async with Manager(make_store(), num_workers=0, node_id="operator", autoload_plugins=False) as operator:
+            got = await operator.cancel_instance(inst, wait=0.3)
+            assert got.state is State.PROCESSING and got.cancel_requested
+
