@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import anyio
 import pytest
 from gojob_core import Context, Instance, Job, Manager, MemoryStore, Query, State
-from gojob_core.abc import LeaseReport, abandon_limit_message
+from gojob_core.abc import CorruptRecord, LeaseReport, abandon_limit_message
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +62,7 @@ async def test_a_node_cut_off_from_the_store_stops_its_attempt_before_the_lease_
         cur = await store.get_instance(inst.uuid)
         assert cur is not None and cur.state is State.PROCESSING and cur.attempts == 1
         assert t_stop - runs[0][2] < lease + 0.1
+        assert b"go_job_lease_lost_total 1.0" in cut.metrics.exposition()
         store.cut = False
         async with Manager(store, num_workers=1, node_id="other", lease_time=lease, autoload_plugins=False) as other:
             await other.register_job(job)
@@ -214,3 +215,24 @@ async def test_cancel_wait_is_checked() -> None:
         with pytest.raises(ValueError, match="wait must not be negative"):
             await mgr.cancel_instance(inst, wait=-1)
         assert (await mgr.cancel_instance(inst, wait=0)).state is State.CANCELED
+
+
+class _SetAsideStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.aside = [CorruptRecord("inst:a", "not a hash", "xx"), CorruptRecord("inst:b", "bad JSON", "{")]
+
+    async def corrupt_records(self) -> list[CorruptRecord]:
+        return list(self.aside)
+
+
+async def test_records_set_aside_are_a_gauge() -> None:
+    store = _SetAsideStore()
+    async with Manager(store, num_workers=0, metrics_interval=0.05, autoload_plugins=False) as mgr:
+        with anyio.fail_after(10):
+            while b"go_job_corrupt_records 2.0" not in mgr.metrics.exposition():
+                await anyio.sleep(0.02)
+        store.aside.pop()
+        with anyio.fail_after(10):
+            while b"go_job_corrupt_records 1.0" not in mgr.metrics.exposition():
+                await anyio.sleep(0.02)

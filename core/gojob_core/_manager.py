@@ -61,15 +61,20 @@ _RETIRE: Any = None  # sent to the worker stream to retire one worker
 class _Running:
     """This node's bookkeeping for one claimed instance."""
 
-    __slots__ = ("ctx", "finishing", "inst", "lease_until", "scope", "started", "stop_reason")
+    __slots__ = ("ctx", "ended", "finishing", "inst", "lease_until", "lost", "previous", "returned", "scope",
+                 "started", "stop_reason")
 
-    def __init__(self, inst: Instance, lease_until: float) -> None:
+    def __init__(self, inst: Instance, lease_until: float, lost: Callable[[], None] | None = None) -> None:
         self.inst = inst
+        self.lost = lost  # called once if the attempt is stopped for a lost lease (a metric)
         self.scope: anyio.CancelScope | None = None
         self.ctx: Context | None = None
         self.stop_reason: str | None = None
         self.finishing = False  # its outcome is with the finish writer, not yet answered
         self.started = False  # the executor was called
+        self.returned = False  # the worker is done with this attempt (its outcome may still be being written)
+        self.ended: anyio.Event | None = None  # made when a newer attempt must wait for this one to return
+        self.previous: _Running | None = None  # an older attempt of the same instance still running here
         #: anyio clock time by which this node must have renewed the lease, or stop the attempt itself
         #: (the store may hand the instance to another node, or to this one again, soon after)
         self.lease_until = lease_until
@@ -78,6 +83,8 @@ class _Running:
         """Stop the attempt: "canceled" (user cancel), "lost" (lease lost), "shutdown" (node stopping)."""
         if self.stop_reason is None:
             self.stop_reason = reason
+            if reason == "lost" and self.lost is not None:
+                self.lost()
         if self.ctx is not None:
             self.ctx._stop("canceled" if reason == "canceled" else reason)
         if self.scope is not None:
@@ -816,7 +823,10 @@ class Manager:
                 # process again no neighbour dies with it
                 self._suspects.add(inst.uuid)
             self._in_flight += 1
-            self._running[inst.uuid] = _Running(inst, lease_until)
+            run = self._running[inst.uuid] = _Running(inst, lease_until, self.metrics.add_lease_lost)
+            if old is not None and not old.returned:
+                old.ended = old.ended or anyio.Event()
+                run.previous = old
             self._send.send_nowait(inst)
 
     async def _worker_loop(self, worker: Worker) -> None:
@@ -835,6 +845,10 @@ class Manager:
                     worker.processed += 1
                     # a retry may already be claimed again under the same uuid: remove only this run
                     # (one whose outcome is still being written stays until the write is answered)
+                    if run is not None:
+                        run.returned = True
+                        if run.ended is not None:
+                            run.ended.set()
                     if run is not None and not run.finishing and self._running.get(inst.uuid) is run:
                         del self._running[inst.uuid]
                     if inst.abandoned:
@@ -875,6 +889,11 @@ class Manager:
         try:
             args, kwargs = sig.prepare_call(inst.args, inst.kwargs, {"instance": inst, "manager": self,
                                                                     "worker": worker, "context": ctx})
+            if run.previous is not None and run.previous.ended is not None:
+                # an older attempt of this instance was told to stop here: it must be gone before this
+                # one starts (an async one is at its next await; a thread is let go as on a cancel)
+                await run.previous.ended.wait()
+                run.previous = None
             # the last moment before the executor starts: a cancel (or a lost lease) that reached this
             # node while the instance was claimed and waiting for its turn means it never starts
             if run.stop_reason == "canceled":
@@ -1129,6 +1148,7 @@ class Manager:
             started = anyio.current_time()
             try:
                 self.metrics.set_queued(*await self.store.queue_stats())
+                self.metrics.set_corrupt(len(await self.store.corrupt_records()))
             except (StoreError, OSError) as exc:
                 self._report(f"reading queue sizes failed: {exc!r}")
             # a store that reads every queued key for this (etcd) takes long on a huge queue: space the

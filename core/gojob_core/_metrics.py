@@ -82,6 +82,8 @@ class ManagerMetrics(Collector):
         self._queued: dict[str, int] = {}
         self._oldest: dict[str, float] = {}
         self.reclaimed = 0
+        self.lease_lost = 0  # attempts this node stopped because it lost, or could not renew, their lease
+        self.corrupt: int | None = None  # records the store set aside (None: not read yet)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -96,6 +98,13 @@ class ManagerMetrics(Collector):
 
     def add_reclaimed(self, n: int) -> None:
         self.reclaimed += n
+
+    def add_lease_lost(self, n: int = 1) -> None:
+        self.lease_lost += n
+
+    def set_corrupt(self, n: int) -> None:
+        """Refresh go_job_corrupt_records (records the store set aside, cluster-wide)."""
+        self.corrupt = n
 
     def _stats(self, kind: str) -> _KindStats:
         st = self._kinds.get(kind)
@@ -144,6 +153,11 @@ class ManagerMetrics(Collector):
             yield fam
         yield CounterMetricFamily("go_job_lease_reclaimed", "Instances re-queued after their node lost its lease",
                                   value=self.reclaimed)
+        yield CounterMetricFamily("go_job_lease_lost", "Attempts this node stopped because it lost their lease or "
+                                  "could not renew it in time", value=self.lease_lost)
+        if self.corrupt is not None:
+            yield GaugeMetricFamily("go_job_corrupt_records", "Records the store could not read and set aside "
+                                    "(see 'jobctl corrupt')", value=self.corrupt)
         duration = HistogramMetricFamily("go_job_duration_seconds",
                                          "Histogram of job execution durations in seconds by kind", labels=["kind"])
         wait = HistogramMetricFamily("go_job_wait_seconds", "Time from ready to start of each attempt, by kind",
