@@ -15,16 +15,14 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectSendStream
 
+from . import transitions
 from ._instance import Instance
 from ._records import LogRecord, Query, StateRecord
 from ._state import State
 from ._time import now
-from .abc import LeaseReport, Outcome, Store, abandon_limit_message
+from .abc import LeaseReport, Outcome, Store
 
 __all__ = ["MemoryStore"]
-
-_WAITING = (State.CREATED, State.SCHEDULED)
-
 
 def _ts(rec: StateRecord | LogRecord) -> float:
     return rec.ts
@@ -77,14 +75,14 @@ class MemoryStore(Store):
         return f"<MemoryStore instances={len(self._instances)} running={len(self._running)}>"
 
     # -- internals ---------------------------------------------------------------------------------
-    def _record(self, inst: Instance, state: State, ts: float, node: str | None, detail: str | None = None) -> None:
-        rec = StateRecord(inst.uuid, inst.kind, state, ts, inst.attempts, node, detail)
-        self._history.append(rec)
-        lst = self._history_by_uuid.get(inst.uuid)
-        if lst is None:
-            self._history_by_uuid[inst.uuid] = [rec]
-        else:
-            lst.append(rec)
+    def _write(self, records: list[StateRecord]) -> None:
+        for rec in records:
+            self._history.append(rec)
+            lst = self._history_by_uuid.get(rec.uuid)
+            if lst is None:
+                self._history_by_uuid[rec.uuid] = [rec]
+            else:
+                lst.append(rec)
 
     def _push(self, inst: Instance, ts: float) -> None:
         inst.seq = next(self._seq)
@@ -135,12 +133,10 @@ class MemoryStore(Store):
             if sid is not None and not chained:
                 self._canceled_schedules.discard(sid)
             inst = given.copy()
-            inst.state = State.SCHEDULED
+            self._write(transitions.enqueue(inst, ts, node))
             self._instances[inst.uuid] = inst
             if sid is not None:
                 self._by_schedule.setdefault(sid, set()).add(inst.uuid)
-            self._record(inst, State.CREATED, ts, node)
-            self._record(inst, State.SCHEDULED, ts, node)
             self._push(inst, ts)
             added.append(True)
         self._notify()
@@ -159,13 +155,8 @@ class MemoryStore(Store):
             if inst.abandoned and out:  # a suspect is handed out alone: it waits, first, for the next claim
                 heapq.heappush(ready, (inst.priority, inst.ready_ts, seq, uuid))
                 break
-            inst.state = State.PROCESSING
-            inst.attempts += 1
-            inst.started_ts = ts
-            inst.node = node
-            inst.lease_ts = ts + lease
+            self._write(transitions.claim(inst, ts, node, lease) or [])
             running[uuid] = inst
-            self._record(inst, State.PROCESSING, ts, node)
             out.append(inst.copy())
             if inst.abandoned:
                 break
@@ -190,10 +181,9 @@ class MemoryStore(Store):
         canceled: set[str] = set()
         for uuid in uuids:
             inst = self._running.get(uuid)
-            if inst is None or inst.node != node:
+            if inst is None or transitions.extend(inst, ts, node, lease) is None:
                 lost.add(uuid)
                 continue
-            inst.lease_ts = ts + lease
             if inst.cancel_requested:
                 canceled.add(uuid)
         return LeaseReport(frozenset(lost), frozenset(canceled))
@@ -202,30 +192,16 @@ class MemoryStore(Store):
         ts = now()
         out: list[Instance] = []
         for uuid, inst in list(self._running.items()):
-            if inst.lease_ts is None or inst.lease_ts >= ts:
+            history = transitions.reclaim(inst, ts, node)
+            if history is None:
                 continue
             del self._running[uuid]
-            lost_node = inst.node
-            inst.lease_ts = None
-            if inst.cancel_requested:
-                inst.state = State.CANCELED
-                inst.finished_ts = ts
-                self._record(inst, State.CANCELED, ts, node, f"canceled; node {lost_node} lost its lease")
+            self._write(history)
+            if inst.state is State.SCHEDULED:
+                self._push(inst, ts)
+                out.append(inst.copy())
+            else:
                 self._finalize(inst)
-                continue
-            inst.abandoned += 1
-            if inst.max_abandons is not None and inst.abandoned >= inst.max_abandons:
-                inst.state = State.TERMINATED
-                inst.finished_ts = ts
-                inst.error = abandon_limit_message(inst.attempts, lost_node, inst.max_abandons)
-                self._record(inst, State.TERMINATED, ts, node, inst.error)
-                self._finalize(inst)
-                continue
-            inst.state = State.SCHEDULED
-            self._record(inst, State.SCHEDULED, ts, node,
-                         f"attempt {inst.attempts} abandoned: node {lost_node} lost its lease; re-queued")
-            self._push(inst, ts)
-            out.append(inst.copy())
         if out:
             self._notify()
         return out
@@ -236,30 +212,16 @@ class MemoryStore(Store):
         requeued = False
         for oc in outcomes:
             inst = self._running.get(oc.uuid)
-            if inst is None or inst.node != node or (oc.attempt is not None and inst.attempts != oc.attempt):
+            history = transitions.finish(inst, oc, ts, node) if inst is not None else None
+            if inst is None or history is None:
                 done.append(False)
                 continue
             del self._running[oc.uuid]
-            inst.lease_ts = None
-            self._record(inst, oc.state, ts, node, oc.error or oc.detail)
-            if oc.retry_at is not None and not inst.cancel_requested:
-                inst.state = State.SCHEDULED
-                inst.ready_ts = oc.retry_at
-                inst.error = oc.error
-                self._record(inst, State.SCHEDULED, ts, node,
-                             f"retry {inst.attempts - inst.abandoned} of {inst.max_retries} "
-                             f"in {max(0.0, oc.retry_at - ts):.3f} s")
+            self._write(history)
+            if inst.state is State.SCHEDULED:
                 self._push(inst, ts)
                 requeued = True
             else:
-                if oc.retry_at is not None:  # a cancel arrived while the failed attempt ended: final
-                    inst.state = State.CANCELED
-                    self._record(inst, State.CANCELED, ts, node, "canceled")
-                else:
-                    inst.state = oc.state
-                inst.result = oc.result
-                inst.error = oc.error
-                inst.finished_ts = ts
                 self._finalize(inst)
             done.append(True)
         if requeued:
@@ -270,13 +232,11 @@ class MemoryStore(Store):
         ts = now()
         for uuid in uuids:
             inst = self._running.get(uuid)
-            if inst is None or inst.node != node:
+            history = transitions.release(inst, ts, node) if inst is not None else None
+            if inst is None or history is None:
                 continue
             del self._running[uuid]
-            inst.lease_ts = None
-            inst.attempts = max(0, inst.attempts - 1)
-            inst.state = State.SCHEDULED
-            self._record(inst, State.SCHEDULED, ts, node, f"released by node {node}")
+            self._write(history)
             self._push(inst, ts)
         self._notify()
 
@@ -291,13 +251,11 @@ class MemoryStore(Store):
             affected = [self._instances[u] for u in self._by_schedule.get(target.schedule_id, ())
                         if u in self._instances]
         for inst in affected:
-            if inst.state in _WAITING:
-                inst.state = State.CANCELED
-                inst.finished_ts = ts
-                self._record(inst, State.CANCELED, ts, node, "canceled before it ran")
+            history = transitions.cancel(inst, ts, node)
+            if history:
+                self._write(history)
                 self._finalize(inst)
-            elif inst.state is State.PROCESSING and not inst.cancel_requested:
-                inst.cancel_requested = True
+            elif history is not None:  # running: its node hears of it
                 for send in list(self._cancel_subscribers):
                     try:
                         send.send_nowait(inst.uuid)

@@ -54,11 +54,12 @@ from urllib.parse import quote, unquote
 
 import anyio
 
+from .. import transitions
 from .._instance import Instance
 from .._records import LogRecord, Query, StateRecord
 from .._state import State
 from .._time import now
-from ..abc import CorruptRecord, LeaseReport, Outcome, Store, abandon_limit_message
+from ..abc import CorruptRecord, LeaseReport, Outcome, Store
 from ..errors import StoreError
 from ._backend import KvBackend, KvEntry
 
@@ -66,7 +67,6 @@ __all__ = ["KvStore"]
 
 _log = logging.getLogger("gojob.kv")
 
-_WAITING = (State.CREATED, State.SCHEDULED)
 _PRIO = 2 ** 63
 _MAX_US = 10 ** 17 - 1
 
@@ -94,10 +94,6 @@ def _us(ts: float) -> int:
 
 def _prio(p: int) -> int:
     return min(2 * _PRIO - 1, max(0, p + _PRIO))
-
-
-def _record(inst: Instance, state: State, ts: float, node: str | None, detail: str | None = None) -> StateRecord:
-    return StateRecord(inst.uuid, inst.kind, state, ts, inst.attempts, node, detail)
 
 
 def _dumps(d: dict[str, Any]) -> bytes:
@@ -344,9 +340,8 @@ class KvStore(Store):
                 out.append(False)
                 continue
             inst = given.copy()
-            inst.state = State.SCHEDULED
             inst.seq = seq + n
-            pending = self._pend({}, [_record(inst, State.CREATED, ts, node), _record(inst, State.SCHEDULED, ts, node)])
+            pending = self._pend({}, transitions.enqueue(inst, ts, node))
             version = await self._cas(inst, None, pending)
             if version is None:
                 out.append(False)
@@ -447,12 +442,10 @@ class KvStore(Store):
                 await b.set(self._k_running(cur.inst), node.encode())
                 while cur is not None:
                     new = cur.inst.copy()
-                    new.state = State.PROCESSING
-                    new.attempts += 1
-                    new.started_ts = ts
-                    new.node = node
-                    new.lease_ts = ts + lease
-                    pending = self._pend(cur.pending, [_record(new, State.PROCESSING, ts, node)])
+                    history = transitions.claim(new, ts, node, lease)
+                    if history is None:
+                        break
+                    pending = self._pend(cur.pending, history)
                     version = await self._cas(new, cur.version, pending)
                     if version is not None:
                         out.append(new)
@@ -521,10 +514,8 @@ class KvStore(Store):
         canceled: set[str] = set()
 
         def decide(inst: Instance | None) -> _Plan | None:
-            if inst is None or inst.state is not State.PROCESSING or inst.node != node:
-                return None
-            inst.lease_ts = ts + lease
-            return inst, []
+            history = transitions.extend(inst, ts, node, lease) if inst is not None else None
+            return None if inst is None or history is None else (inst, history)
 
         entries = await self.backend.get_many([self._k_inst(u) for u in uuids])
         for uuid, entry in zip(uuids, entries):
@@ -561,26 +552,8 @@ class KvStore(Store):
                 continue
 
             def decide(inst: Instance | None) -> _Plan | None:
-                if (inst is None or inst.state is not State.PROCESSING or inst.lease_ts is None
-                        or inst.lease_ts >= ts):
-                    return None
-                lost_node = inst.node
-                inst.lease_ts = None
-                if inst.cancel_requested:
-                    inst.state = State.CANCELED
-                    inst.finished_ts = ts
-                    return inst, [_record(inst, State.CANCELED, ts, node,
-                                          f"canceled; node {lost_node} lost its lease")]
-                inst.abandoned += 1
-                if inst.max_abandons is not None and inst.abandoned >= inst.max_abandons:
-                    inst.state = State.TERMINATED
-                    inst.finished_ts = ts
-                    inst.error = abandon_limit_message(inst.attempts, lost_node, inst.max_abandons)
-                    return inst, [_record(inst, State.TERMINATED, ts, node, inst.error)]
-                inst.state = State.SCHEDULED
-                return inst, [_record(inst, State.SCHEDULED, ts, node,
-                                      f"attempt {inst.attempts} abandoned: node {lost_node} lost its lease; "
-                                      "re-queued")]
+                history = transitions.reclaim(inst, ts, node) if inst is not None else None
+                return None if inst is None or history is None else (inst, history)
 
             changed = await self._transition(uuid, entry, decide)
             if changed is not None:
@@ -604,29 +577,9 @@ class KvStore(Store):
         entries = await b.get_many([self._k_inst(oc.uuid) for oc in outcomes])
         for oc, entry in zip(outcomes, entries):
 
-            def decide(inst: Instance | None) -> _Plan | None:
-                if (inst is None or inst.state is not State.PROCESSING or inst.node != node
-                        or (oc.attempt is not None and inst.attempts != oc.attempt)):
-                    return None
-                history = [_record(inst, oc.state, ts, node, oc.error or oc.detail)]
-                inst.lease_ts = None
-                if oc.retry_at is not None and not inst.cancel_requested:
-                    inst.state = State.SCHEDULED
-                    inst.ready_ts = oc.retry_at
-                    inst.error = oc.error
-                    history.append(_record(inst, State.SCHEDULED, ts, node,
-                                           f"retry {inst.attempts - inst.abandoned} of {inst.max_retries} "
-                                           f"in {max(0.0, oc.retry_at - ts):.3f} s"))
-                    return inst, history
-                if oc.retry_at is not None:  # a cancel arrived while the failed attempt ended: final
-                    inst.state = State.CANCELED
-                    history.append(_record(inst, State.CANCELED, ts, node, "canceled"))
-                else:
-                    inst.state = oc.state
-                inst.result = oc.result
-                inst.error = oc.error
-                inst.finished_ts = ts
-                return inst, history
+            def decide(inst: Instance | None, oc: Outcome = oc) -> _Plan | None:
+                history = transitions.finish(inst, oc, ts, node) if inst is not None else None
+                return None if inst is None or history is None else (inst, history)
 
             changed = await self._transition(oc.uuid, entry, decide)
             done.append(changed is not None)
@@ -647,12 +600,8 @@ class KvStore(Store):
         ts = now()
 
         def decide(inst: Instance | None) -> _Plan | None:
-            if inst is None or inst.state is not State.PROCESSING or inst.node != node:
-                return None
-            inst.lease_ts = None
-            inst.attempts = max(0, inst.attempts - 1)
-            inst.state = State.SCHEDULED
-            return inst, [_record(inst, State.SCHEDULED, ts, node, f"released by node {node}")]
+            history = transitions.release(inst, ts, node) if inst is not None else None
+            return None if inst is None or history is None else (inst, history)
 
         released: list[str] = []
         entries = await b.get_many([self._k_inst(u) for u in uuids])
@@ -668,16 +617,8 @@ class KvStore(Store):
         ts = now()
 
         def decide(inst: Instance | None) -> _Plan | None:
-            if inst is None:
-                return None
-            if inst.state in _WAITING:
-                inst.state = State.CANCELED
-                inst.finished_ts = ts
-                return inst, [_record(inst, State.CANCELED, ts, node, "canceled before it ran")]
-            if inst.state is State.PROCESSING and not inst.cancel_requested:
-                inst.cancel_requested = True
-                return inst, []
-            return None
+            history = transitions.cancel(inst, ts, node) if inst is not None else None
+            return None if inst is None or history is None else (inst, history)
 
         changed = await self._transition(uuid, await self.backend.get(self._k_inst(uuid)), decide)
         if changed is None:
