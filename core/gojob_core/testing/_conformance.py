@@ -257,6 +257,99 @@ class StoreConformance:
         assert got is not None and got.state is State.CANCELED
         assert await store.claim("live", 10, 30.0) == []
 
+    # -- exact histories: every store writes the same records, details included ------------------------
+    async def _history(self, store: Store, inst: Instance) -> list[tuple[State, int, str | None, str | None]]:
+        return [(h.state, h.attempt, h.node, h.detail) for h in await store.lookup_history(Query(instance=inst))]
+
+    async def _claimed(self, store: Store, *insts: Instance, node: str = "w", lease: float = 30.0) -> None:
+        await store.enqueue(list(insts), node="n0")
+        got = await store.claim(node, len(insts), lease)
+        assert sorted(i.uuid for i in got) == sorted(i.uuid for i in insts)
+
+    async def test_exact_history_of_a_completed_instance(self, store: Store) -> None:
+        inst = _inst()
+        await self._claimed(store, inst)
+        assert await store.finish("w", [Outcome(inst.uuid, State.COMPLETED, result=1, attempt=1)]) == [True]
+        assert await self._history(store, inst) == [
+            (State.CREATED, 0, "n0", None), (State.SCHEDULED, 0, "n0", None),
+            (State.PROCESSING, 1, "w", None), (State.COMPLETED, 1, "w", None)]
+
+    async def test_exact_history_of_a_retried_then_timed_out_instance(self, store: Store) -> None:
+        inst = _inst()
+        inst.max_retries = 1
+        await self._claimed(store, inst)
+        past = time.time() - 60  # due at once: the detail's delay is 0.000 s on every clock
+        failed = Outcome(inst.uuid, State.TERMINATED, error="ValueError: boom", retry_at=past, attempt=1)
+        assert await store.finish("w", [failed]) == [True]
+        [again] = await store.claim("w", 10, 30.0)
+        assert again.attempts == 2 and again.error == "ValueError: boom"
+        timed_out = Outcome(inst.uuid, State.TIMED_OUT, error="JobTimeoutError: late", attempt=2)
+        assert await store.finish("w", [timed_out]) == [True]
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.TIMED_OUT and got.error == "JobTimeoutError: late"
+        assert await self._history(store, inst) == [
+            (State.CREATED, 0, "n0", None), (State.SCHEDULED, 0, "n0", None),
+            (State.PROCESSING, 1, "w", None), (State.TERMINATED, 1, "w", "ValueError: boom"),
+            (State.SCHEDULED, 1, "w", "retry 1 of 1 in 0.000 s"),
+            (State.PROCESSING, 2, "w", None), (State.TIMED_OUT, 2, "w", "JobTimeoutError: late")]
+
+    async def test_exact_history_of_a_retry_with_its_delay(self, store: Store) -> None:
+        inst = _inst()
+        inst.max_retries = 3
+        await self._claimed(store, inst)
+        retry_at = time.time() + 30
+        failed = Outcome(inst.uuid, State.TERMINATED, error="E: x", retry_at=retry_at, attempt=1)
+        assert await store.finish("w", [failed]) == [True]
+        hist = await store.lookup_history(Query(instance=inst))
+        assert [(h.state, h.attempt, h.node) for h in hist][-2:] == [(State.TERMINATED, 1, "w"),
+                                                                    (State.SCHEDULED, 1, "w")]
+        detail = hist[-1].detail or ""
+        prefix, _, rest = detail.partition("retry 1 of 3 in ")
+        assert prefix == "" and rest.endswith(" s"), detail  # the delay in seconds, as every store writes it
+        assert abs(float(rest[:-2]) - (retry_at - hist[-1].ts)) < 0.01, detail
+        got = await store.get_instance(inst.uuid)
+        assert got is not None and got.state is State.SCHEDULED and abs(got.ready_ts - retry_at) < 1e-3
+
+    async def test_exact_history_of_cancels(self, store: Store) -> None:
+        queued, running, retried = _inst(), _inst(), _inst()
+        await self._claimed(store, running, retried)
+        await store.enqueue([queued], node="n0")
+        for inst in (queued, running, retried):
+            await store.cancel(inst.uuid, node="op")
+        assert await store.finish("w", [Outcome(running.uuid, State.CANCELED, detail="canceled while running",
+                                                attempt=1)]) == [True]
+        assert await store.finish("w", [Outcome(retried.uuid, State.TERMINATED, error="E: x",
+                                                retry_at=time.time(), attempt=1)]) == [True]
+        created = [(State.CREATED, 0, "n0", None), (State.SCHEDULED, 0, "n0", None)]
+        assert await self._history(store, queued) == [*created, (State.CANCELED, 0, "op", "canceled before it ran")]
+        assert await self._history(store, running) == [
+            *created, (State.PROCESSING, 1, "w", None), (State.CANCELED, 1, "w", "canceled while running")]
+        assert await self._history(store, retried) == [
+            *created, (State.PROCESSING, 1, "w", None), (State.TERMINATED, 1, "w", "E: x"),
+            (State.CANCELED, 1, "w", "canceled")]
+        for inst in (queued, running, retried):
+            got = await store.get_instance(inst.uuid)
+            assert got is not None and got.state is State.CANCELED, inst.uuid
+
+    async def test_exact_history_of_a_hand_back_and_of_reclaims(self, store: Store) -> None:
+        handed, lost, lost_canceled = _inst(), _inst(), _inst()
+        await self._claimed(store, handed)
+        await store.release("w", [handed.uuid])
+        assert await self._history(store, handed) == [
+            (State.CREATED, 0, "n0", None), (State.SCHEDULED, 0, "n0", None),
+            (State.PROCESSING, 1, "w", None), (State.SCHEDULED, 0, "w", "released by node w")]
+        await store.clear_instances(Query())
+        await self._claimed(store, lost, lost_canceled, node="dead", lease=self.short_lease)
+        await store.cancel(lost_canceled.uuid, node="op")
+        await anyio.sleep(self.short_lease + 0.3)
+        assert [i.uuid for i in await store.reclaim_expired("live")] == [lost.uuid]
+        created = [(State.CREATED, 0, "n0", None), (State.SCHEDULED, 0, "n0", None),
+                   (State.PROCESSING, 1, "dead", None)]
+        assert await self._history(store, lost) == [
+            *created, (State.SCHEDULED, 1, "live", "attempt 1 abandoned: node dead lost its lease; re-queued")]
+        assert await self._history(store, lost_canceled) == [
+            *created, (State.CANCELED, 1, "live", "canceled; node dead lost its lease")]
+
     async def _abandon(self, store: Store, uid: str, node: str = "dead") -> list[Instance]:
         """Claim ``uid`` (it must be first in the queue) for ``node``, let the lease lapse, reclaim."""
         [got] = await store.claim(node, 1, self.short_lease)
