@@ -912,3 +912,58 @@ async def test_a_failing_start_hook_raises_its_own_error_and_leaves_nothing_runn
     assert not mgr.running and not later.awaited  # the later hook's coroutine was closed, not leaked
     async with _mgr() as again:  # nothing left behind: a new node starts as usual
         assert again.running
+
+
+# -- the hook reference ------------------------------------------------------------------------------------------------
+def _hookspecs() -> list[Any]:
+    from gojob_core import hookspecs
+
+    return [fn for name, fn in vars(hookspecs).items() if name.startswith("gojob_") and callable(fn)]
+
+
+def _declared(fn: Any) -> str:
+    sig = inspect.signature(fn)
+    params = ", ".join(f"{p.name}: {p.annotation}" for p in sig.parameters.values())
+    return f"def {fn.__name__}({params}) -> {sig.return_annotation}:"
+
+
+def test_every_hook_is_in_the_extension_guide_with_its_exact_signature() -> None:
+    guide = (Path(__file__).parents[1] / "docs" / "extension-guide.md").read_text()
+    specs = _hookspecs()
+    assert len(specs) >= 11
+    missing = [_declared(fn) for fn in specs if _declared(fn) not in guide]
+    assert not missing, "hooks whose exact signature is not in docs/extension-guide.md:\n" + "\n".join(missing)
+
+
+def test_every_hook_documents_each_parameter() -> None:
+    for fn in _hookspecs():
+        doc = inspect.getdoc(fn) or ""
+        for name in inspect.signature(fn).parameters:
+            assert f":param {name}:" in doc, f"{fn.__name__} does not document {name!r}"
+        assert ".. versionadded::" in doc, fn.__name__
+
+
+async def test_a_failing_stopping_hook_is_logged_and_the_stop_stays_graceful(caplog: pytest.LogCaptureFixture) -> None:
+    started, finished = anyio.Event(), anyio.Event()
+
+    class Failing:
+        @hookimpl
+        async def gojob_manager_stopping(self, manager: Manager) -> None:
+            raise Boom("stopping hook")
+
+    async def body() -> str:
+        started.set()
+        await anyio.sleep(0.2)
+        finished.set()
+        return "done"
+
+    mgr = _mgr(Failing(), shutdown_timeout=10)
+    await mgr.start()
+    inst = await mgr.schedule_job(Job(kind="hook.graceful", executor=body))
+    with anyio.fail_after(10):
+        await started.wait()
+    await mgr.stop()  # does not raise
+    assert finished.is_set()  # the running instance was given its shutdown_timeout
+    assert (await mgr.store.get_instance(inst.uuid)).state is State.COMPLETED  # type: ignore[union-attr]
+    assert any("gojob_manager_stopping hook failed" in r.getMessage() and "stopping anyway" in r.getMessage()
+               for r in caplog.records)

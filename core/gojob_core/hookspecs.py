@@ -46,6 +46,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def gojob_addhooks(pluginmanager: pluggy.PluginManager) -> None:
     """Add hookspecs of a plugin's own (e.g. ``gojob_grpc_*``) with ``pluginmanager.add_hookspecs``.
 
+    :param pluginmanager: the Manager's pluggy plugin manager.
+
     .. versionadded:: 0.1
     """
 
@@ -67,6 +69,9 @@ def gojob_register_stores() -> list[type[Store]]:
 def gojob_register_jobs(manager: Manager) -> list[Job]:
     """Job definitions this plugin contributes; registered on every Manager when it starts.
 
+    :param manager: the Manager being started.
+    :returns: :class:`gojob_core.Job` objects; a kind the application registered already is left alone.
+
     .. versionadded:: 0.1
     """
 
@@ -76,6 +81,9 @@ def gojob_register_metrics(manager: Manager, registry: CollectorRegistry) -> Non
     """Add the plugin's own Prometheus collectors to the Manager's registry.
 
     Never put instance arguments or results in labels.
+
+    :param manager: the Manager being built.
+    :param registry: its Prometheus registry (``manager.metrics.registry``).
 
     .. versionadded:: 0.1
     """
@@ -88,6 +96,10 @@ def gojob_executor_runner(manager: Manager, job: Job) -> ExecutorRunner | None:
     Called once per job at registration. Stops at first non-None result; the built-in one runs async
     executors on the event loop and sync ones in a worker thread.
 
+    :param manager: the Manager registering the job.
+    :param job: the job being registered.
+    :returns: an ``ExecutorRunner`` (``run(fn, args, kwargs, ctx)``), or None to leave the choice to others.
+
     .. versionadded:: 0.1
     """
 
@@ -97,6 +109,10 @@ def gojob_executor_runner(manager: Manager, job: Job) -> ExecutorRunner | None:
 def gojob_instance_state_changed(manager: Manager, instance: Instance, state: State) -> None:
     """An instance changed state on this node (the store has the matching history record).
 
+    :param manager: the node that made the change.
+    :param instance: the instance, as this node sees it after the change.
+    :param state: the state it entered.
+
     .. versionadded:: 0.1
     """
 
@@ -104,6 +120,10 @@ def gojob_instance_state_changed(manager: Manager, instance: Instance, state: St
 @_spec
 def gojob_instance_completed(manager: Manager, instance: Instance, results: list[Any]) -> None:
     """An attempt succeeded; ``results`` as for the complete processor.
+
+    :param manager: the node that ran the attempt.
+    :param instance: the instance (its ``result`` is set, the COMPLETED record not written yet).
+    :param results: the items of a returned tuple, ``[value]``, or ``[]``.
 
     .. versionadded:: 0.1
     """
@@ -116,6 +136,11 @@ def gojob_instance_terminated(manager: Manager, instance: Instance,
     (the instance completes), or None to leave it. Runs before the job's terminate processor, which
     receives the error as this hook left it. Stops at first non-None result.
 
+    :param manager: the node that ran the attempt.
+    :param instance: the instance whose attempt failed.
+    :param error: the executor's exception, or a :class:`gojob_core.JobTimeoutError`.
+    :returns: a replacement error, ``False`` to clear it, or None.
+
     .. versionadded:: 0.1
     """
 
@@ -126,6 +151,9 @@ def gojob_backoff_delay(instance: Instance) -> float | None:
 
     Stops at first non-None result; the built-in default is exponential with jitter.
 
+    :param instance: the failed instance (``attempts`` counts the attempt that failed).
+    :returns: seconds, or None to leave the choice to other plugins and the default.
+
     .. versionadded:: 0.1
     """
 
@@ -135,6 +163,9 @@ def gojob_backoff_delay(instance: Instance) -> float | None:
 def gojob_manager_started(manager: Manager) -> Awaitable[None] | None:
     """The Manager started (store connected, workers running). May return an awaitable.
 
+    :param manager: the Manager that started.
+    :returns: None, or an awaitable the Manager awaits (an error in it makes ``start()`` raise).
+
     .. versionadded:: 0.1
     """
 
@@ -142,6 +173,9 @@ def gojob_manager_started(manager: Manager) -> Awaitable[None] | None:
 @_spec
 def gojob_manager_stopping(manager: Manager) -> Awaitable[None] | None:
     """The Manager is about to stop. May return an awaitable.
+
+    :param manager: the Manager about to stop.
+    :returns: None, or an awaitable the Manager awaits (an error in it is logged; the stop goes on).
 
     .. versionadded:: 0.1
     """
