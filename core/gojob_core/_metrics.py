@@ -83,7 +83,7 @@ class ManagerMetrics(Collector):
         self._oldest: dict[str, float] = {}
         self.reclaimed = 0
         self.lease_lost = 0  # attempts this node stopped because it lost, or could not renew, their lease
-        self.corrupt: int | None = None  # records the store set aside (None: not read yet)
+        self.corrupt = 0  # records the store set aside, as of the last read
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -155,9 +155,8 @@ class ManagerMetrics(Collector):
                                   value=self.reclaimed)
         yield CounterMetricFamily("go_job_lease_lost", "Attempts this node stopped because it lost their lease or "
                                   "could not renew it in time", value=self.lease_lost)
-        if self.corrupt is not None:
-            yield GaugeMetricFamily("go_job_corrupt_records", "Records the store could not read and set aside "
-                                    "(see 'jobctl corrupt')", value=self.corrupt)
+        yield GaugeMetricFamily("go_job_corrupt_records", "Records the store could not read and set aside "
+                                "(see 'jobctl corrupt')", value=self.corrupt)
         duration = HistogramMetricFamily("go_job_duration_seconds",
                                          "Histogram of job execution durations in seconds by kind", labels=["kind"])
         wait = HistogramMetricFamily("go_job_wait_seconds", "Time from ready to start of each attempt, by kind",

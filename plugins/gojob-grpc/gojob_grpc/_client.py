@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 import grpc.aio
 from gojob_core import Instance, LogRecord, Query, State, StateRecord, UnserializableArgumentError
+from gojob_core.abc import CorruptRecord
 
 from ._convert import (
     datetime_of,
@@ -308,6 +309,25 @@ class Client:
         if states is not None:
             request.states.extend(state_to_pb(State.parse(s)) for s in states)
         return InstanceWatch(self, request)
+
+    # -- corrupt records ---------------------------------------------------------------------------------
+    async def corrupt_records(self, *, raw_limit: int | None = None) -> list[CorruptRecord]:
+        """The records the store set aside because it could not read them (``Store.corrupt_records``).
+
+        ``raw_limit`` cuts each record's ``raw`` to that many characters on the node (None: all of it).
+        """
+        if raw_limit is not None and (not isinstance(raw_limit, int) or isinstance(raw_limit, bool)
+                                      or not 0 < raw_limit < 2**32):
+            raise ValueError(f"raw_limit must be a positive integer, got {raw_limit!r}")
+        r = await self._call("ListCorrupt", pb.ListCorruptRequest(raw_limit=raw_limit or 0))
+        return [CorruptRecord(m.key, m.reason, m.raw) for m in r.records]
+
+    async def drop_corrupt_record(self, key: str) -> bool:
+        """Forget a set-aside record (``Store.drop_corrupt_record``): an operator's decision, taken after
+        reading its ``raw`` (and scheduling its work again if need be). False if there is no such record."""
+        if not isinstance(key, str):
+            raise TypeError(f"expected the key of a corrupt record (a string), got {key!r}")
+        return bool((await self._call("DropCorrupt", pb.DropCorruptRequest(key=key))).dropped)
 
 
 class InstanceWatch:

@@ -8,6 +8,7 @@ Manager's event loop, which must be asyncio (grpc.aio runs on asyncio only).
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as _dt
 import functools
 import hmac
@@ -432,6 +433,27 @@ class JobServicer(pb_grpc.JobServiceServicer):
         await self.manager.resize_workers(n)
         return self._workers()
 
+    @_unary
+    async def ListCorrupt(self, request: pb.ListCorruptRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListCorruptResponse:
+        limit = request.raw_limit or None
+        out = pb.ListCorruptResponse()
+        for rec in await self.manager.store.corrupt_records():
+            raw = _text(rec.raw)
+            out.records.add(key=_text(rec.key), reason=_text(rec.reason), raw=raw[:limit] if limit else raw)
+        return out
+
+    @_unary
+    async def DropCorrupt(self, request: pb.DropCorruptRequest,
+                          context: grpc.aio.ServicerContext) -> pb.DropCorruptResponse:
+        key = request.key
+        if not key.strip():
+            raise BadField("key", "the key of a corrupt record is required (ListCorrupt gives them)")
+        dropped = bool(await self.manager.store.drop_corrupt_record(key))
+        if dropped:
+            _log.info("corrupt record %r dropped from the store at the request of %s", key, context.peer())
+        return pb.DropCorruptResponse(dropped=dropped)
+
     async def WatchInstances(self, request: pb.WatchInstancesRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.InstanceEvent]:
         try:
@@ -479,6 +501,18 @@ def _arguments(text: str) -> tuple[Any, ...] | dict[str, Any]:
         return value
     raise BadField("arguments_json", "must be a JSON array (positional arguments) or a JSON object "
                                      f"(keyword arguments), got a JSON {type(value).__name__}")
+
+
+def _text(value: object) -> str:
+    """Text a protobuf string field takes (valid UTF-8): what cannot be encoded is escaped."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, e.g. from a surrogateescape decoding
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class _Text(str):
@@ -539,6 +573,167 @@ class _TokenCheck(grpc.aio.ServerInterceptor):
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(deny)
         return grpc.stream_stream_rpc_method_handler(deny)
+
+
+# -- undecodable requests -------------------------------------------------------------------------------
+class _Undecodable:
+    """What a request's bytes decode to when they are not a message of the method's request type."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _Refused(Exception):
+    """Ends a synchronous handler whose request stream held an undecodable message (its status is set)."""
+
+
+class _RequestCheck(grpc.aio.ServerInterceptor):
+    """Bytes that do not decode as the method's request message end the call INVALID_ARGUMENT.
+
+    grpc.aio decodes a request before the handler runs, and a decoding error there ends the call with
+    UNKNOWN and a traceback in the log. Here every method's deserializer is wrapped so that it never
+    raises (it returns an :class:`_Undecodable`), and its handler so that it refuses such a request
+    with one warning line instead of running: every method of the server, unary or streaming, the
+    plugins' services too. It runs inside the token check, which refuses a call without reading it.
+    """
+
+    def __init__(self) -> None:
+        self._checked: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[grpc.RpcMethodHandler]],
+                                handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._checked.get(method)
+        if cached is None or cached[0] is not handler:  # wrapped once per method, not once per call
+            cached = (handler, _checked_handler(handler, method))
+            self._checked[method] = cached
+        return cached[1]
+
+
+def _message_name(deserializer: Callable[[bytes], Any]) -> str | None:
+    owner = getattr(deserializer, "__self__", None)  # a generated Message.FromString
+    name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", None)
+    return name if isinstance(name, str) and name else None
+
+
+def _checked_handler(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    deserializer = handler.request_deserializer
+    name = _message_name(deserializer)
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # whatever the deserializer raises, the bytes are the caller's fault
+            return _Undecodable(exc)
+
+    def refusal(context: Any, bad: _Undecodable) -> _Reject:
+        reason = " ".join(str(bad.error).split())[:300] or type(bad.error).__name__
+        what = f"is not a valid {name}" if name else "cannot be decoded"
+        reject = _Reject(grpc.StatusCode.INVALID_ARGUMENT, f"the request {what}: {reason}",
+                         error_type=type(bad.error).__name__)
+        _log.warning("refused a call to %s from %s: %s", method, context.peer(), reject.message)
+        return reject
+
+    async def abort(context: grpc.aio.ServicerContext, bad: _Undecodable) -> None:
+        await _abort(context, refusal(context, bad))
+
+    def mark(context: Any, bad: _Undecodable) -> None:  # a synchronous handler cannot await abort()
+        reject = refusal(context, bad)
+        context.set_code(reject.code)
+        context.set_details(reject.details)
+        context.set_trailing_metadata(reject.trailing_metadata)
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(_unary_request(handler.unary_unary, abort, mark, stream=False),
+                                                   decode, handler.response_serializer)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_unary_request(handler.unary_stream, abort, mark, stream=True),
+                                                    decode, handler.response_serializer)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(_stream_request(handler.stream_unary, abort, mark, stream=False),
+                                                    decode, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(_stream_request(handler.stream_stream, abort, mark, stream=True),
+                                                 decode, handler.response_serializer)
+
+
+def _unary_request(behavior: Callable[..., Any], abort: Callable[..., Awaitable[None]],
+                   mark: Callable[..., None], *, stream: bool) -> Callable[..., Any]:
+    """``behavior`` refusing an undecodable request; of the same kind (grpc.aio calls each kind its way)."""
+    if inspect.isasyncgenfunction(behavior):
+        async def async_gen(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await abort(context, request)
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
+        return async_gen
+    if inspect.iscoroutinefunction(behavior):
+        async def coroutine(request: Any, context: Any) -> Any:
+            if isinstance(request, _Undecodable):
+                await abort(context, request)
+            return await behavior(request, context)
+        return coroutine
+    if stream:
+        def sync_gen(request: Any, context: Any) -> Any:
+            if isinstance(request, _Undecodable):
+                mark(context, request)
+                return
+            yield from behavior(request, context)
+        return sync_gen
+
+    def sync(request: Any, context: Any) -> Any:
+        if isinstance(request, _Undecodable):
+            mark(context, request)
+            return None
+        return behavior(request, context)
+    return sync
+
+
+def _stream_request(behavior: Callable[..., Any], abort: Callable[..., Awaitable[None]],
+                    mark: Callable[..., None], *, stream: bool) -> Callable[..., Any]:
+    """``behavior`` reading a request stream that refuses the call at its first undecodable message."""
+    async def checked(requests: Any, context: Any) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                await abort(context, request)
+            yield request
+
+    def checked_sync(requests: Any, context: Any) -> Any:
+        for request in requests:
+            if isinstance(request, _Undecodable):
+                mark(context, request)
+                raise _Refused
+            yield request
+
+    if inspect.isasyncgenfunction(behavior):
+        async def async_gen(requests: Any, context: Any) -> AsyncIterator[Any]:
+            async with contextlib.aclosing(behavior(checked(requests, context), context)) as responses:
+                async for response in responses:
+                    yield response
+        return async_gen
+    if inspect.iscoroutinefunction(behavior):
+        async def coroutine(requests: Any, context: Any) -> Any:
+            return await behavior(checked(requests, context), context)
+        return coroutine
+    if stream:
+        def sync_gen(requests: Any, context: Any) -> Any:
+            try:
+                yield from behavior(checked_sync(requests, context), context)
+            except _Refused:
+                return
+        return sync_gen
+
+    def sync(requests: Any, context: Any) -> Any:
+        try:
+            return behavior(checked_sync(requests, context), context)
+        except _Refused:
+            return None
+    return sync
 
 
 # -- the server ---------------------------------------------------------------------------------------------
@@ -616,7 +811,9 @@ class JobServer:
             if self.token is None:
                 _log.warning("serving gojob.v1 on %s without a token: anyone who can reach it can schedule "
                              "and cancel jobs", self.address)
-        interceptors = [_TokenCheck(self.token)] if self.token else []
+        # the token check first (outermost): a call without the token is refused before it is read
+        interceptors: list[grpc.aio.ServerInterceptor] = [_TokenCheck(self.token)] if self.token else []
+        interceptors.append(_RequestCheck())
         # SO_REUSEPORT off: a second node on a busy port must fail, not share the port silently
         server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         servicer = JobServicer(self.manager, self._hub, max_workers=self.max_workers,

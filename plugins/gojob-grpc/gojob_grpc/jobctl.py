@@ -14,6 +14,7 @@
     wait UUID [--timeout S]                until the instance is final; exit 0 only if it COMPLETED
     watch [--kind K] [--uuid U]... [--state S]... [--count N]
     health                                 the node's id, store, pool and versions
+    corrupt [--drop KEY]                   records the store set aside as unreadable; --drop forgets one
 
 ARGS are JSON values when they parse as JSON (1, 2.5, true, null, "text", [1,2], {"a":1}), else
 strings; the node coerces them to the executor's type hints. TIME is ISO 8601 (naive: local time),
@@ -24,7 +25,7 @@ and --token.
 Exit status:
   0  success
   1  failure: wait's instance ended not COMPLETED (or the wait timed out), cancel found the instance
-     already finished, or the node failed
+     already finished, corrupt --drop found no such record, or the node failed
   2  usage error: a bad command line, or a request the node rejected as INVALID_ARGUMENT
   3  not found: no instance with that uuid, no job of that kind
   4  unavailable: no node at the target, TLS failure, missing or wrong token, call timed out
@@ -193,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, metavar="N", help="stop after N events")
 
     command("health", "the node's id, status, store, pool and versions")
+
+    p = command("corrupt", "list the records the store set aside because it could not read them (nothing set "
+                           "aside runs); with --drop, forget one after reading it")
+    p.add_argument("--drop", metavar="KEY", help="delete the set-aside record KEY (as listed); exit 1 if there is none")
     return parser
 
 
@@ -416,7 +421,8 @@ async def _cancel(client: Any, args: argparse.Namespace, plan: dict[str, Any], o
     elif inst.state is State.CANCELED:
         print(f"{inst.uuid}: CANCELED")
     elif inst.cancel_requested:
-        print(f"{inst.uuid}: cancel requested (running on node {inst.node or '?'}); it ends CANCELED")
+        print(f"{inst.uuid}: cancel requested, not confirmed: node {inst.node or '?'} has not stopped it yet "
+              "(cut off or dead?); it may still be running, or start; it ends CANCELED")
     else:
         print(f"{inst.uuid}: already {inst.state.value}, not canceled", file=sys.stderr)
     return EXIT_OK if canceled else EXIT_FAILURE
@@ -474,9 +480,33 @@ async def _health(client: Any, args: argparse.Namespace, plan: dict[str, Any], o
     return EXIT_OK if h.status == "SERVING" else EXIT_UNAVAILABLE
 
 
+_RAW_SHOWN = 60  # characters of a corrupt record's raw content in the table (--json prints all of it)
+
+
+async def _corrupt(client: Any, args: argparse.Namespace, plan: dict[str, Any], out: _Output) -> int:
+    if args.drop is not None:
+        dropped = await client.drop_corrupt_record(args.drop)
+        if out.json:
+            out.emit({"key": args.drop, "dropped": dropped})
+        elif dropped:
+            print(f"dropped corrupt record {args.drop}")
+        if not dropped:
+            print(f"jobctl corrupt: no corrupt record {args.drop!r} is set aside in the store "
+                  "(see 'jobctl corrupt' for the keys)", file=sys.stderr)
+        return EXIT_OK if dropped else EXIT_FAILURE
+    if out.json:
+        out.emit([{"key": r.key, "reason": r.reason, "raw": r.raw} for r in await client.corrupt_records()])
+    else:
+        records = await client.corrupt_records(raw_limit=_RAW_SHOWN + 1)
+        out.table(["KEY", "REASON", "RAW"], [[r.key, r.reason, _shorten(r.raw, _RAW_SHOWN)] for r in records],
+                  empty="no corrupt records")
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[..., Any]] = {
     "schedule": _schedule, "jobs": _jobs, "instances": _instances, "show": _show, "history": _history,
     "logs": _logs, "cancel": _cancel, "workers": _workers, "wait": _wait, "watch": _watch, "health": _health,
+    "corrupt": _corrupt,
 }
 
 
@@ -544,6 +574,12 @@ class _Output:
             lines.append(("error", inst.error))
         for key, value in lines:
             print(f"{key + ':':<11}{value}")
+
+
+def _shorten(raw: str, limit: int) -> str:
+    """Raw content on one line: control characters escaped, cut to ``limit`` characters with "..."."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in raw[:limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _cell(value: Any) -> str:

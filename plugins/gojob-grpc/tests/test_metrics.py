@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 PER_KIND = {"go_job_queued", "go_job_running", "go_job_executed", "go_job_completed", "go_job_terminated",
             "go_job_canceled", "go_job_timedout", "go_job_retried", "go_job_duration_seconds", "go_job_wait_seconds",
             "go_job_oldest_ready_age_seconds"}
-UNLABELED = {"go_job_registered", "go_job_workers", "go_job_lease_reclaimed"}
+UNLABELED = {"go_job_registered", "go_job_workers", "go_job_lease_reclaimed", "go_job_lease_lost",
+             "go_job_corrupt_records"}
 
 
 def scrape(url: str) -> dict[str, Any]:

@@ -317,3 +317,37 @@ class InstanceEvent(_message.Message):
     node: str
     instance: Instance
     def __init__(self, uuid: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[State, str]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., node: _Optional[str] = ..., instance: _Optional[_Union[Instance, _Mapping]] = ...) -> None: ...
+
+class CorruptRecord(_message.Message):
+    __slots__ = ("key", "reason", "raw")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    reason: str
+    raw: str
+    def __init__(self, key: _Optional[str] = ..., reason: _Optional[str] = ..., raw: _Optional[str] = ...) -> None: ...
+
+class ListCorruptRequest(_message.Message):
+    __slots__ = ("raw_limit",)
+    RAW_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    raw_limit: int
+    def __init__(self, raw_limit: _Optional[int] = ...) -> None: ...
+
+class ListCorruptResponse(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[CorruptRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[CorruptRecord, _Mapping]]] = ...) -> None: ...
+
+class DropCorruptRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class DropCorruptResponse(_message.Message):
+    __slots__ = ("dropped",)
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    dropped: bool
+    def __init__(self, dropped: _Optional[bool] = ...) -> None: ...

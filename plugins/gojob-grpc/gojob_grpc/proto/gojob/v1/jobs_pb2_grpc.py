@@ -95,6 +95,16 @@ class JobServiceStub:
                 request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.WatchInstancesRequest.SerializeToString,
                 response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.InstanceEvent.FromString,
                 _registered_method=True)
+        self.ListCorrupt = channel.unary_unary(
+                '/gojob.v1.JobService/ListCorrupt',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListCorruptRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListCorruptResponse.FromString,
+                _registered_method=True)
+        self.DropCorrupt = channel.unary_unary(
+                '/gojob.v1.JobService/DropCorrupt',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -185,6 +195,22 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCorrupt(self, request, context):
+        """Records the store set aside because it could not read them (any node's), for an operator to
+        inspect; empty when there are none. Nothing set aside is run or rewritten.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCorrupt(self, request, context):
+        """Forget one set-aside record (its kept copy is deleted): an operator's decision, taken after
+        reading it (and scheduling its work again if need be). `dropped` is false if there is no such record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -247,6 +273,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchInstances,
                     request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.WatchInstancesRequest.FromString,
                     response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.InstanceEvent.SerializeToString,
+            ),
+            'ListCorrupt': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCorrupt,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListCorruptRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListCorruptResponse.SerializeToString,
+            ),
+            'DropCorrupt': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCorrupt,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -574,6 +610,60 @@ class JobService:
             '/gojob.v1.JobService/WatchInstances',
             gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.WatchInstancesRequest.SerializeToString,
             gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.InstanceEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCorrupt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/ListCorrupt',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListCorruptRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListCorruptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCorrupt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/DropCorrupt',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptResponse.FromString,
             options,
             channel_credentials,
             insecure,
