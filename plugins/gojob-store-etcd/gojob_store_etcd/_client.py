@@ -413,6 +413,8 @@ _EQUAL = rpc.Compare.EQUAL
 _MOD = rpc.Compare.MOD
 _VERSION = rpc.Compare.VERSION
 _GREATER = rpc.Compare.GREATER
+_LESS = rpc.Compare.LESS
+_VALUE = rpc.Compare.VALUE
 RequestOp = rpc.RequestOp
 PutRequest = rpc.PutRequest
 DeleteRangeRequest = rpc.DeleteRangeRequest
@@ -479,6 +481,16 @@ def op_txn(compare: Sequence[Any], success: Sequence[Any], failure: Sequence[Any
 def mod_is(key: bytes, revision: int) -> Any:
     """True while ``key`` was last written at ``revision`` (0: the key does not exist)."""
     return Compare(result=_EQUAL, target=_MOD, key=key, mod_revision=revision)
+
+
+def mod_below(key: bytes, revision: int) -> Any:
+    """True while ``key`` was last written before ``revision`` (or does not exist)."""
+    return Compare(result=_LESS, target=_MOD, key=key, mod_revision=revision)
+
+
+def value_is(key: bytes, value: bytes) -> Any:
+    """True while ``key`` holds exactly ``value``."""
+    return Compare(result=_EQUAL, target=_VALUE, key=key, value=value)
 
 
 def absent(key: bytes) -> Any:

@@ -17,8 +17,10 @@ Key layout (``{p}`` is the key prefix, ``/gojob/`` by default; see the plugin RE
 ``{p}l/{uuid}/{ts_us:17}/{tag}``, ``{p}m/{ts_us}/..``  log records, per instance and by time
 ``{p}s/{schedule_id}/{uuid}``                          the occurrences of a recurring schedule
 ``{p}x/{schedule_id}``                                 a canceled schedule (a chained occurrence is refused)
-``{p}z/{sha1(key)}``                                   a record that could not be decoded, reported (the record
-                                                       itself is left where it is, or moved here if it was a queue key)
+``{p}z/{sha1(key)}``                                   the report of a record that could not be decoded (the record
+                                                       itself is left where it is, or moved aside if it was a queue
+                                                       or running entry)
+``{p}zr/{sha1(key)}``                                  that record's bytes, exactly as they were
 =====================================================  ==========================================================
 
 Every change of an instance is one etcd transaction. A request carries one nested transaction per
@@ -43,13 +45,15 @@ from typing import Any, ClassVar, NamedTuple
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 from gojob_core import CorruptRecordError, Instance, LogRecord, Query, State, StateRecord, Store, StoreError
-from gojob_core.abc import CorruptRecord, LeaseReport, Outcome
+from gojob_core._instance import DEFAULT_MAX_ABANDONS
+from gojob_core.abc import CorruptRecord, LeaseReport, Outcome, abandon_limit_message
 
 from ._client import (
     Compacted,
     EtcdClient,
     EtcdOptions,
     absent,
+    mod_below,
     mod_is,
     op_delete,
     op_put,
@@ -58,6 +62,7 @@ from ._client import (
     parse_etcd_url,
     prefix_end,
     present,
+    value_is,
 )
 from ._codec import dumps, loads
 
@@ -71,7 +76,7 @@ _MAX_BYTES = 1_000_000  # bytes per request (etcd's default --max-request-bytes 
 _INFLIGHT = 8           # requests of one batch in flight at once
 _PRIO_OFFSET = 2**63
 _SCHEDULED, _PROCESSING, _CREATED = State.SCHEDULED.value, State.PROCESSING.value, State.CREATED.value
-_CANCELED = State.CANCELED.value
+_CANCELED, _TERMINATED = State.CANCELED.value, State.TERMINATED.value
 _WAITING = (_SCHEDULED, _CREATED)
 
 _j = dumps
@@ -117,6 +122,29 @@ def _us(ts: float) -> str:
 
 def _prio(p: int) -> str:
     return f"{p + _PRIO_OFFSET:020d}"
+
+
+def _text(b: bytes) -> str:
+    """Bytes as text, losslessly: ``_text(b).encode("utf-8", "surrogateescape") == b`` (the key and the
+    bytes of a corrupt record as :meth:`EtcdStore.corrupt_records` reports them)."""
+    return b.decode("utf-8", "surrogateescape")
+
+
+def _bytes(s: str) -> bytes:
+    """The inverse of :func:`_text`."""
+    return s.encode("utf-8", "surrogateescape")
+
+
+_INT, _NUM, _NONE = frozenset((int,)), frozenset((int, float)), frozenset((type(None),))
+#: what the store reads from an instance record besides what ``Instance.from_dict`` checks: each field's
+#: name and the types its value may have (None: it may be null or missing; a bool is no number). A
+#: record of another shape is corrupt (reported, never run).
+_SHAPE: tuple[tuple[str, frozenset[type]], ...] = (
+    ("uuid", frozenset((str,))), ("kind", frozenset((str,))), ("seq", _INT), ("priority", _INT),
+    ("ready_ts", _NUM), ("created_ts", _NUM), ("attempts", _INT), ("max_retries", _INT),
+    ("args", frozenset((list,)) | _NONE), ("kwargs", frozenset((dict,)) | _NONE), ("abandoned", _INT | _NONE),
+    ("max_abandons", _INT | _NONE), ("started_ts", _NUM | _NONE), ("finished_ts", _NUM | _NONE),
+    ("lease_ts", _NUM | _NONE), ("timeout", _NUM | _NONE), ("h", frozenset((list,)) | _NONE))
 
 
 class _State(NamedTuple):
@@ -255,7 +283,7 @@ class EtcdStore(Store):
         self._ki, self._kq = p + b"i/", p + b"q/"
         self._kr, self._kd, self._kp, self._kn = p + b"q/r/", p + b"q/d/", p + b"q/p/", p + b"q/n/"
         self._kh, self._kt, self._kl, self._km = p + b"h/", p + b"t/", p + b"l/", p + b"m/"
-        self._ks, self._kx, self._kz = p + b"s/", p + b"x/", p + b"z/"
+        self._ks, self._kx, self._kz, self._kzr = p + b"s/", p + b"x/", p + b"z/", p + b"zr/"
         self.client: EtcdClient | None = None
         self._reset()
 
@@ -280,8 +308,10 @@ class EtcdStore(Store):
         self._tasks: list[asyncio.Task[None]] = []
         self._reclaimed: list[Instance] = []
         self._reclaim_at = 0.0
-        self._reported: set[bytes] = set()
+        self._reported: dict[bytes, int] = {}  # key -> hash of the bytes reported (once per process)
         self._corrupt_q: list[tuple[bytes, str, bytes]] = []
+        self._aside: list[tuple[bytes, int, bytes, str]] = []  # queue entries whose record changed: set aside
+        self._repairs: list[tuple[str, int, dict[str, Any], bytes]] = []  # instances to put back in the queue
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> EtcdStore:
@@ -386,51 +416,148 @@ class EtcdStore(Store):
         rec["h"] = [*(rec.get("h") or ()), f"{us}/{tag}"]
         return _j(rec), op_put(self._kt + f"{us}/{rec['uuid']}/{tag}".encode(), _j(recs))
 
+    # -- corrupt records ---------------------------------------------------------------------------------
+    # A record that cannot be decoded is reported under z/{sha1(key)} (key, reason, in place or not) and
+    # its bytes are kept exactly under zr/{sha1(key)}. A record is left where it is, except a queue or
+    # running entry, which is moved aside (so that it blocks nothing); the instance of a queue entry set
+    # aside is put back in the queue from its own record, when that record can be read.
     def _report(self, key: bytes, reason: str, raw: bytes = b"") -> None:
-        if key in self._reported:
+        """Report a record left in place (written by the next :meth:`_flush_corrupt`), once per process."""
+        h = hash(raw)
+        if self._reported.get(key) == h:
             return
-        self._reported.add(key)
+        self._reported[key] = h
         _log.error("etcd store: record %r cannot be decoded and is set aside: %s", key[:200], reason)
         self._corrupt_q.append((key, reason, raw))
 
-    def _corrupt_value(self, key: bytes, reason: str, raw: bytes) -> bytes:
-        return _j({"key": key.decode(errors="replace"), "reason": reason,
-                   "raw": raw[:4000].decode(errors="replace")})
+    def _report_value(self, key: bytes, reason: str, raw: bytes, in_place: bool) -> bytes:
+        # "raw": a readable excerpt for versions that knew no zr/ key; the bytes themselves are under zr/
+        return _j({"key": _text(key), "reason": reason, "raw": raw[:4000].decode(errors="replace"),
+                   "in_place": in_place})
 
     def _zkey(self, key: bytes) -> bytes:
         return self._kz + hashlib.sha1(key).hexdigest().encode()
 
-    async def _flush_corrupt(self) -> None:
-        if not self._corrupt_q:
-            return
-        batch, self._corrupt_q = self._corrupt_q, []
-        ops = []
-        for key, reason, raw in batch:
-            z = self._zkey(key)
-            ops.append(op_txn([absent(z)], [op_put(z, self._corrupt_value(key, reason, raw))]))
-        for i in range(0, len(ops), _NEST):
-            await self._c().txn(ops[i:i + _NEST])
+    def _zrkey(self, key: bytes) -> bytes:
+        return self._kzr + hashlib.sha1(key).hexdigest().encode()
 
-    def _quarantine(self, key: bytes, rev: int, raw: bytes, reason: str) -> _Part:
-        """Move an undecodable queue entry aside (kept under ``{p}z/``), so that it blocks nothing."""
-        _log.error("etcd store: queue entry %r cannot be decoded and is set aside: %s", key[:200], reason)
-        self._reported.add(key)
-        op = op_txn([mod_is(key, rev)], [op_put(self._zkey(key), self._corrupt_value(key, reason, raw)),
-                                         op_delete(key)])
-        return _Part(op, lambda r, rev: None, len(raw) + 200)
+    def _report_part(self, key: bytes, reason: str, raw: bytes) -> _Part:
+        z = self._zkey(key)
+        return _Part(op_txn([absent(z)], [op_put(z, self._report_value(key, reason, raw, True)),
+                                          op_put(self._zrkey(key), raw)]),
+                     lambda r, rev: None, len(raw) + len(key) + 600)
+
+    async def _flush_corrupt(self) -> None:
+        """Write what was found unreadable: queue entries set aside (and their instances put back in the
+        queue from their records), then the reports of records left in place. Nothing to do: no request."""
+        for _ in range(3):
+            if self._aside:
+                batch, self._aside = self._aside, []
+                # the records, to say why (and report those that cannot be decoded): a rare request
+                resp = await self._c().txn([op_range(self._ki + u.encode()) for _, _, _, u in batch[:_NEST]])
+                parts = []
+                for (key, key_rev, raw, u), reply in zip(batch, resp.responses):
+                    ikey, kvs = self._ki + u.encode(), reply.response_range.kvs
+                    if kvs and self._decode_inst(ikey, kvs[0].value, u) is None:
+                        why = f"its instance record {_text(ikey)!r} cannot be decoded: not run"
+                    else:
+                        why = f"its instance record {_text(ikey)!r} was rewritten after it was queued"
+                    parts.append(self._set_aside_part(key, key_rev, raw, why, u))
+                self._aside += batch[_NEST:]
+                await self._send(parts)
+            if self._repairs:
+                batch2, self._repairs = self._repairs, []
+                await self._send([self._repair_part(*r) for r in batch2])
+            if not self._aside and not self._repairs:
+                break
+        if self._corrupt_q:
+            batch3, self._corrupt_q = self._corrupt_q, []
+            await self._send([self._report_part(*c) for c in batch3])
+
+    def _set_aside_part(self, key: bytes, rev: int, raw: bytes, reason: str, uuid: str | None) -> _Part:
+        """Move a queue or running entry that must not be used (at revision ``rev``) aside, reported, its
+        bytes kept; read the record of its instance (``uuid``, when known) to put it back in the queue."""
+        # what decoding it found (queued as a report of a record left in place): said here instead
+        found = [c for c in self._corrupt_q if c[0] == key]
+        if found:
+            self._corrupt_q = [c for c in self._corrupt_q if c[0] != key]
+            reason = f"{reason} ({found[-1][1]})"
+        _log.error("etcd store: entry %r is set aside: %s", key[:200], reason)
+        self._reported[key] = hash(raw)
+        success = [op_put(self._zkey(key), self._report_value(key, reason, raw, False)),
+                   op_put(self._zrkey(key), raw), op_delete(key)]
+        ikey = None
+        if uuid is not None and key.startswith(self._kq) and not key.startswith(self._kp):
+            ikey = self._ki + uuid.encode()
+            success.append(op_range(ikey))
+
+        def done(r: Any, rev: int) -> None:
+            txn = r.response_txn
+            if not txn.succeeded:  # changed meanwhile (taken, or set aside by another node)
+                return
+            if key.startswith(self._kp):
+                self._running.pop(key[len(self._kp):].decode(errors="replace"), None)
+            if ikey is not None:
+                kvs = txn.responses[3].response_range.kvs
+                if kvs:
+                    self._requeue_from(kvs[0], uuid)  # type: ignore[arg-type]
+
+        return _Part(op_txn([mod_is(key, rev)], success), done, 2 * len(raw) + 800)
+
+    def _requeue_from(self, kv: Any, uuid: str) -> None:
+        """The record of an instance whose queue entry was set aside: if it is readable and waiting, put
+        the instance back in the queue (next :meth:`_flush_corrupt`); if it is not readable, report it."""
+        got = self._decode_inst(kv.key, kv.value, uuid)
+        if got is not None and got[0].get("state") == _SCHEDULED:
+            self._repairs.append((uuid, kv.mod_revision, got[0], kv.value))
+
+    def _repair_part(self, uuid: str, i_rev: int, rec: dict[str, Any], raw: bytes) -> _Part:
+        """Put a waiting instance back in the queue from its record, unless it changed or is queued."""
+        rkey, dkey = self._both_queue_keys(rec)
+        qkey = self._queue_key(rec, _now())
+
+        def done(r: Any, rev: int) -> None:
+            if r.response_txn.succeeded:
+                _log.warning("etcd store: instance %s was put back in the queue from its record", uuid)
+                (self._rw if qkey.startswith(self._kr) else self._dw).put(qkey, rev, raw)
+                self._wake()
+
+        return _Part(op_txn([mod_is(self._ki + uuid.encode(), i_rev), absent(rkey), absent(dkey)],
+                            [op_put(qkey, raw)]), done, len(raw) + 400)
+
+    def _uuid_in(self, key: bytes, base: bytes) -> str | None:
+        """The uuid named by a ready (``{prio}/{ready}/{seq}/{uuid}/{kind}``) or delayed
+        (``{ready}/{seq}/{uuid}/{kind}``) key; None if the key is malformed."""
+        n = 4 if base is self._kr else 3
+        parts = key[len(base):].split(b"/", n)
+        if len(parts) <= n or not parts[n - 1]:
+            return None
+        try:
+            return parts[n - 1].decode()
+        except UnicodeDecodeError:
+            return None
 
     def _decode_rec(self, key: bytes, raw: bytes) -> dict[str, Any] | None:
         got = self._decode_inst(key, raw)
         return None if got is None else got[0]
 
-    def _decode_inst(self, key: bytes, raw: bytes) -> tuple[dict[str, Any], Instance] | None:
-        """The record and the instance it describes; None (and reported) if it cannot be decoded."""
+    def _decode_inst(self, key: bytes, raw: bytes,
+                     uuid: str | None = None) -> tuple[dict[str, Any], Instance] | None:
+        """The record and the instance it describes; None (and reported) if it cannot be decoded, or is
+        not the record of ``uuid`` (or, for an ``i/`` key, of the uuid the key names)."""
         try:
             d = _loads(raw)
-            inst = Instance.from_dict(d)  # validates every field
-            if not isinstance(d.get("seq"), int) or not isinstance(d.get("ready_ts"), (int, float)) \
-                    or not isinstance(d.get("priority"), int):
-                raise ValueError("seq, ready_ts or priority has the wrong type")
+            if type(d) is not dict:
+                raise ValueError(f"the record is a JSON {type(d).__name__}, not an object")
+            inst = Instance.from_dict(d)  # validates the state and the counters
+            if uuid is None and key.startswith(self._ki):
+                uuid = key[len(self._ki):].decode(errors="replace")
+            if uuid is not None and d["uuid"] != uuid:
+                raise ValueError(f"the record is that of instance {d['uuid']!r}, not {uuid!r}")
+            get = d.get
+            for name, types in _SHAPE:
+                if type(get(name)) not in types:
+                    raise ValueError(f"{name} has the wrong type ({type(get(name)).__name__})")
             return d, inst
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self._report(key, f"{type(exc).__name__}: {exc}", raw)
@@ -645,7 +772,7 @@ class EtcdStore(Store):
     def _next_due(self) -> float:
         if not self._dw.keys:
             return math.inf
-        return int(self._dw.keys[0][len(self._kd):len(self._kd) + 17]) / 1e6
+        return self._due(self._dw.keys[0])
 
     def _next_expiry(self) -> float:
         t = math.inf
@@ -817,8 +944,7 @@ class EtcdStore(Store):
         while True:
             dw = self._dw
             due = 0
-            ld = len(self._kd)
-            while due < len(dw.keys) and due < _NEST and int(dw.keys[due][ld:ld + 17]) / 1e6 <= t:
+            while due < len(dw.keys) and due < _NEST and self._due(dw.keys[due]) <= t:
                 due += 1
             if not due:
                 if not dw.keys and not dw.complete:
@@ -827,30 +953,60 @@ class EtcdStore(Store):
                 return
             parts = []
             for key, rev, raw in dw.take(due):
-                rec = self._decode_rec(key, raw)
-                if rec is None:
-                    parts.append(self._quarantine(key, rev, raw, "delayed entry cannot be decoded"))
+                u = self._uuid_in(key, self._kd)
+                got = None if u is None else self._decode_inst(key, raw, u)
+                if got is None or got[0].get("state") != _SCHEDULED:
+                    parts.append(self._set_aside_part(key, rev, raw, "delayed entry cannot be decoded or is not "
+                                                                     "SCHEDULED: set aside", u))
                     continue
-                rkey = self._both_queue_keys(rec)[0]
+                rkey = self._both_queue_keys(got[0])[0]
+                ikey = self._ki + u.encode()  # type: ignore[union-attr]
 
-                def done(r: Any, rev: int, rkey: bytes = rkey, raw: bytes = raw) -> None:
-                    if r.response_txn.succeeded:
+                def done(r: Any, rev: int, key: bytes = key, key_rev: int = rev, rkey: bytes = rkey,
+                         raw: bytes = raw, u: str = u) -> None:  # type: ignore[assignment]
+                    txn = r.response_txn
+                    if txn.succeeded:
                         self._rw.put(rkey, rev, raw)
+                    else:
+                        self._record_changed(txn, key, key_rev, raw, u)
 
-                parts.append(_Part(op_txn([mod_is(key, rev)], [op_delete(key), op_put(rkey, raw)]), done,
+                # only while the record is the one queued (written with the entry or before it)
+                parts.append(_Part(op_txn([mod_is(key, rev), mod_below(ikey, rev + 1)],
+                                          [op_delete(key), op_put(rkey, raw)],
+                                          [op_range(key, keys_only=True), op_range(ikey, keys_only=True)]), done,
                                    2 * len(raw) + 200))
             await self._send(parts)
+            await self._flush_corrupt()
             if due < _NEST:
                 return
 
+    def _due(self, key: bytes) -> float:
+        """The due time of a delayed key (0 if the key is malformed: it is set aside when promoted)."""
+        ld = len(self._kd)
+        try:
+            return int(key[ld:ld + 17]) / 1e6
+        except ValueError:
+            return 0.0
+
+    def _record_changed(self, txn: Any, key: bytes, key_rev: int, raw: bytes, uuid: str) -> None:
+        """A claim or promotion of a queue entry failed; ``txn``'s failure branch read the entry's key and
+        the instance record's (keys only: most failures are another node's claim). If the entry is still
+        there but the record was written after it (replaced by bytes that cannot be decoded, or
+        rewritten behind the store's back), the entry must not be used: it is set aside by the next
+        :meth:`_flush_corrupt` (and the instance put back from its record if that is readable and waiting)."""
+        kvs = txn.responses[-2].response_range.kvs
+        if not kvs or kvs[0].mod_revision != key_rev:
+            return
+        ikvs = txn.responses[-1].response_range.kvs
+        if ikvs and ikvs[0].mod_revision > key_rev:
+            self._aside.append((key, key_rev, raw, uuid))
+
     def _claim_part(self, node: str, lease: float, lease_id: int, t: float, key: bytes, rev: int, raw: bytes,
-                    out: list[Instance]) -> _Part:
-        got = self._decode_inst(key, raw)
-        if got is None or got[0].get("state") != _SCHEDULED:
-            return self._quarantine(key, rev, raw, "queued record cannot be decoded or is not SCHEDULED")
+                    got: tuple[dict[str, Any], Instance], out: list[Instance]) -> _Part:
         rec, inst = got
         u = rec["uuid"]
         b = u.encode()
+        ikey = self._ki + b
         attempts = int(rec.get("attempts") or 0) + 1
         rec.update(state=_PROCESSING, attempts=attempts, started_ts=t, node=node, lease_ts=t + lease,
                    cancel_requested=False)
@@ -860,7 +1016,7 @@ class EtcdStore(Store):
         p = {"node": node, "lease_ts": t + lease, "cancel": False, "lease": lease_id}
         raw_i, hist = self._with_history(rec, [{"uuid": u, "kind": rec["kind"], "state": _PROCESSING, "ts": t,
                                                 "attempt": attempts, "node": node, "detail": None}])
-        success = [op_delete(key), op_put(self._ki + b, raw_i), op_put(self._kp + b, _j(p)), hist]
+        success = [op_delete(key), op_put(ikey, raw_i), op_put(self._kp + b, _j(p)), hist]
 
         key_rev = rev
 
@@ -874,11 +1030,17 @@ class EtcdStore(Store):
             elif not txn.responses[0].response_range.kvs:  # not taken: this node's etcd lease lapsed
                 self._lease_lapsed(lease_id)
                 self._rw.restore(key, key_rev, raw)
+            else:
+                self._record_changed(txn, key, key_rev, raw, u)
 
-        # only while this node's lease lives: a claim under a lapsed lease would be re-queued at once
+        # only while this node's lease lives (a claim under a lapsed lease would be re-queued at once),
+        # and while the instance record is the one queued: written with the entry, or before it (a
+        # record replaced since, by bytes that cannot be read or behind the store's back, is not run)
         lkey = self._lease_key(lease_id)
-        return _Part(op_txn([mod_is(key, rev), present(lkey)], success, [op_range(lkey, keys_only=True)]), done,
-                     3 * len(raw_i) + 400)
+        return _Part(op_txn([mod_is(key, rev), present(lkey), mod_below(ikey, rev + 1)], success,
+                            [op_range(lkey, keys_only=True), op_range(key, keys_only=True),
+                             op_range(ikey, keys_only=True)]),
+                     done, 3 * len(raw_i) + 400)
 
     def _finish_part(self, node: str, oc: Outcome, st: _State, t: float, oks: list[bool | None], idx: int,
                      fresh: dict[str, _State]) -> _Part:
@@ -896,9 +1058,11 @@ class EtcdStore(Store):
         if oc.retry_at is not None and not cancel:
             rec.update(state=_SCHEDULED, ready_ts=oc.retry_at, error=oc.error, seq=_next_seq(),
                        cancel_requested=False)
+            # the words of gojob_core.transitions.retry_detail: retries are counted without abandoned attempts
             hist.append({"uuid": u, "kind": kind, "state": _SCHEDULED, "ts": t + 1e-6, "attempt": attempts,
-                         "node": node, "detail": f"retry {attempts} of {rec.get('max_retries', 0)} at "
-                                                 f"{oc.retry_at:.3f}"})
+                         "node": node, "detail": f"retry {attempts - int(rec.get('abandoned') or 0)} of "
+                                                 f"{rec.get('max_retries', 0)} in "
+                                                 f"{max(0.0, oc.retry_at - (t + 1e-6)):.3f} s"})
             qkey = self._queue_key(rec, t)
         else:
             state = oc.state.value
@@ -961,6 +1125,7 @@ class EtcdStore(Store):
         lease_id = await self._lease_for(lease) if limit > 0 else 0
         pending = list(range(n))
         rounds = 0
+        stop_claims = False  # a suspect instance is (or ends) the claim
         while True:
             rounds += 1
             t = _now()
@@ -974,27 +1139,55 @@ class EtcdStore(Store):
                     oks[idx] = False
                     continue
                 seen.add(oc.uuid)
+                # only while this node holds it, and in the outcome's attempt: an attempt that outlived
+                # its lease (the instance re-queued and claimed again, even by this node) writes nothing
                 if st is None or st.rec is None or st.rec.get("state") != _PROCESSING or st.p is None \
-                        or st.p.get("node") != node:
+                        or st.p.get("node") != node \
+                        or (oc.attempt is not None and st.rec.get("attempts") != oc.attempt):
                     oks[idx] = False
                     continue
                 parts.append(self._finish_part(node, oc, st, t, oks, idx, fresh))
             taken: list[tuple[bytes, int, bytes]] = []
             need = limit - len(claimed)
-            if need > 0 and rounds <= 8:
+            alone_first = False
+            if need > 0 and rounds <= 8 and not stop_claims:
                 if not self._rw.keys and (not self._rw.complete or not self._watch_ok
                                           or time.monotonic() - self._rw.read_at > 1.0):
                     await self._read_ready()
                 taken = self._rw.take(min(need, _NEST - len(parts)))
-                for key, rev, raw in taken:
+                nclaims = 0
+                for i, (key, rev, raw) in enumerate(taken):
+                    u = self._uuid_in(key, self._kr)
+                    if u is None:
+                        parts.append(self._set_aside_part(key, rev, raw, "ready key is malformed: set aside", None))
+                        continue
                     # an entry for an instance this node holds or finishes is stale (read before its
                     # claim); one instance twice in a request would fail it whole (duplicate key)
-                    u = key[len(self._kr):].split(b"/", 4)[3].decode()
                     if u in seen or u in self._held:
                         continue
                     seen.add(u)
+                    got = self._decode_inst(key, raw, u)
+                    if got is None or got[0].get("state") != _SCHEDULED:
+                        parts.append(self._set_aside_part(key, rev, raw, "ready entry cannot be decoded or is not "
+                                                                         "SCHEDULED: set aside", u))
+                        continue
+                    if got[1].abandoned > 0:
+                        # a suspect (an attempt of it was abandoned: it may kill its node) is handed out
+                        # alone: first, it is the whole claim; after others, the claim ends before it.
+                        # Either way what follows it stays queued, in order.
+                        rest = i + 1 if not (claimed or nclaims) else i
+                        for k, r, v in taken[rest:]:
+                            self._rw.restore(k, r, v)
+                        taken = taken[:rest]
+                        if rest == i:
+                            stop_claims = True
+                            break
+                        alone_first = True
                     self._taken[key] = math.inf
-                    parts.append(self._claim_part(node, lease, lease_id, t, key, rev, raw, claimed))
+                    nclaims += 1
+                    parts.append(self._claim_part(node, lease, lease_id, t, key, rev, raw, got, claimed))
+                    if alone_first:
+                        break
             if not parts:
                 break
             try:
@@ -1007,12 +1200,16 @@ class EtcdStore(Store):
             done_rev = self._c().last_revision
             for key, _, _ in taken:
                 self._taken[key] = done_rev
+            if alone_first and claimed:
+                stop_claims = True
+            if self._aside:  # entries that must not be used: set them aside before the next round
+                await self._flush_corrupt()
             pending = [idx for idx in pending if oks[idx] is None]
             for idx in pending:
                 states[outcomes[idx].uuid] = fresh.get(outcomes[idx].uuid, states[outcomes[idx].uuid])
             if rounds > 8 and pending:
                 raise StoreError(f"etcd store: finish of {len(pending)} instance(s) kept conflicting")
-            if not pending and (len(claimed) >= limit or not taken):
+            if not pending and (len(claimed) >= limit or not taken or stop_claims):
                 break
         await self._flush_corrupt()
         return [bool(x) for x in oks], claimed
@@ -1091,6 +1288,15 @@ class EtcdStore(Store):
             else:
                 self._running[u] = (st.p_rev, st.p)
             rec, p = st.rec, st.p
+            if rec is None and p is not None and not self._holds(p, live, t):
+                # a running entry whose instance record cannot be read (reported) or is gone: nothing
+                # can re-queue or finish it; moved aside (reported) so that it is not read again and again
+                why = "cannot be decoded" if st.i_rev else "is missing"
+                kv = (await self._c().range(self._kp + u.encode())).kvs  # its bytes, to keep them as they are
+                if kv and kv[0].mod_revision == st.p_rev:
+                    parts.append(self._set_aside_part(kv[0].key, st.p_rev, kv[0].value,
+                                                      f"running entry whose instance record {why}: set aside", None))
+                continue
             if rec is None or p is None or rec.get("state") != _PROCESSING:
                 continue
             if self._holds(p, live, t):
@@ -1099,14 +1305,21 @@ class EtcdStore(Store):
             lost_node = p.get("node") or "?"
             rec = dict(rec, lease_ts=None)
             attempts = int(rec.get("attempts") or 0)
+            abandoned = int(rec.get("abandoned") or 0) + 1
+            max_abandons = rec.get("max_abandons", DEFAULT_MAX_ABANDONS)  # a record from before the field
             qkey = None
             if p.get("cancel"):
                 rec.update(state=_CANCELED, finished_ts=t, cancel_requested=True)
                 h = {"uuid": u, "kind": rec["kind"], "state": _CANCELED, "ts": t, "attempt": attempts, "node": node,
                      "detail": f"canceled; node {lost_node} lost its lease"}
+            elif max_abandons is not None and abandoned >= max_abandons:
+                # abandoned too often (a job that kills its node must not crash-loop the cluster)
+                msg = abandon_limit_message(attempts, lost_node, max_abandons)
+                rec.update(state=_TERMINATED, abandoned=abandoned, finished_ts=t, error=msg, cancel_requested=False)
+                h = {"uuid": u, "kind": rec["kind"], "state": _TERMINATED, "ts": t, "attempt": attempts,
+                     "node": node, "detail": msg}
             else:
-                rec.update(state=_SCHEDULED, abandoned=int(rec.get("abandoned") or 0) + 1, seq=_next_seq(),
-                           cancel_requested=False)
+                rec.update(state=_SCHEDULED, abandoned=abandoned, seq=_next_seq(), cancel_requested=False)
                 h = {"uuid": u, "kind": rec["kind"], "state": _SCHEDULED, "ts": t, "attempt": attempts, "node": node,
                      "detail": f"attempt {attempts} abandoned: node {lost_node} lost its lease; re-queued"}
                 qkey = self._queue_key(rec, t)
@@ -1538,12 +1751,52 @@ class EtcdStore(Store):
         return await self._clear(self._kl, self._km, query, LogRecord.from_dict, False)
 
     async def corrupt_records(self) -> list[CorruptRecord]:
+        """Records set aside because they could not be decoded (or could not be used: a queue or running
+        entry whose instance record cannot be read). ``key`` and ``raw`` are the record's key and bytes as
+        text, losslessly: ``raw.encode("utf-8", "surrogateescape")`` gives back its bytes exactly."""
+        await self._flush_corrupt()
+        reports = [kv async for kv in self._scan(self._kz, prefix_end(self._kz))]
+        if not reports:  # the usual answer (the metrics ask every few seconds): one request
+            return []
+        exact = {kv.key[len(self._kzr):]: kv.value async for kv in self._scan(self._kzr, prefix_end(self._kzr))}
         out = []
-        async for kv in self._scan(self._kz, prefix_end(self._kz)):
+        for kv in reports:
             try:
                 d = _loads(kv.value)
-                out.append(CorruptRecord(str(d["key"]), str(d["reason"]), str(d.get("raw", ""))))
+                raw = exact.get(kv.key[len(self._kz):])
+                out.append(CorruptRecord(str(d["key"]), str(d["reason"]),
+                                         _text(raw) if raw is not None else str(d.get("raw", ""))))
             except (ValueError, KeyError, TypeError):
-                out.append(CorruptRecord(kv.key.decode(errors="replace"), "unreadable report",
-                                         kv.value.decode(errors="replace")))
+                out.append(CorruptRecord(_text(kv.key), "unreadable report", _text(kv.value)))
         return sorted(out, key=lambda c: c.key)
+
+    async def drop_corrupt_record(self, key: str) -> bool:
+        """Forget a record set aside (``key`` as :meth:`corrupt_records` reports it): its report and kept
+        bytes are deleted, and so is the record itself if it was left in place and still holds exactly
+        those bytes (one rewritten since is left alone). False if no such record is set aside."""
+        await self._flush_corrupt()
+        try:
+            kb = _bytes(key)
+        except UnicodeEncodeError:
+            return False
+        z, zr = self._zkey(kb), self._zrkey(kb)
+        c = self._c()
+        resp = await c.txn([op_range(z), op_range(zr)])
+        zkv, zrkv = resp.responses[0].response_range.kvs, resp.responses[1].response_range.kvs
+        if not zkv:
+            if kb.startswith(self._kz) and (await c.range(kb)).kvs:  # an unreadable report, named by its key
+                await c.txn([op_delete(kb), op_delete(self._kzr + kb[len(self._kz):])])
+                return True
+            return False
+        ops = [op_delete(z), op_delete(zr)]
+        try:
+            d = _loads(zkv[0].value)
+            in_place = d.get("in_place", True)  # a report of a version before: try (the bytes decide)
+            raw = zrkv[0].value if zrkv else _bytes(str(d.get("raw", "")))
+        except (ValueError, TypeError, AttributeError, UnicodeEncodeError):
+            in_place, raw = False, b""
+        if in_place and not kb.startswith(self._kz):
+            ops.append(op_txn([value_is(kb, raw), present(kb)], [op_delete(kb)]))
+        await c.txn(ops)
+        self._reported.pop(kb, None)
+        return True
