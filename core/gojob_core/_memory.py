@@ -191,7 +191,8 @@ class MemoryStore(Store):
     async def reclaim_expired(self, node: str) -> list[Instance]:
         ts = now()
         out: list[Instance] = []
-        for uuid, inst in list(self._running.items()):
+        # by lease expiry, then uuid: the order the Valkey/Redis scripts take them in (their FIFO seq follows)
+        for uuid, inst in sorted(self._running.items(), key=lambda kv: (kv[1].lease_ts or 0.0, kv[0])):
             history = transitions.reclaim(inst, ts, node)
             if history is None:
                 continue
