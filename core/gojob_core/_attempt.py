@@ -73,6 +73,8 @@ class Attempts:
                 # an older attempt of this instance was told to stop here: it must be gone before this
                 # one starts (an async one is at its next await; a thread is let go as on a cancel)
                 await run.previous.ended.wait()
+                if run.previous.ctx is not None:  # a thread it left running gets a moment to see its Context
+                    await _thread_returned(run.previous.ctx, _CANCEL_GRACE)
                 run.previous = None
             # the last moment before the executor starts: a cancel (or a lost lease) that reached this
             # node while the instance was claimed and waiting for its turn means it never starts
