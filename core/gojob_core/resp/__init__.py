@@ -10,8 +10,10 @@ Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node server
 =========================  ===================================================================
 ``{p}inst:{uuid}``         HASH: one instance: ``d`` (JSON: args, kwargs, timeout, cron spec,
                            timezone, created_ts: fixed at enqueue), the fields scripts read or change
-                           (uuid, kind, priority, ready_ts, state, seq, attempts, node, lease_ts, ...),
-                           ``result`` (JSON) and ``error``
+                           (uuid, kind, priority, ready_ts, state, seq, attempts, abandoned, node,
+                           lease_ts, ...), ``max_abandons`` (``''``: no limit; absent, in a record
+                           written before it existed: ``DEFAULT_MAX_ABANDONS``), ``result`` (JSON)
+                           and ``error``
 ``{p}all``                 ZSET uuid by creation time (listing instances)
 ``{p}ready``               ZSET member ``{ready_us:17}:{seq:15}:{uuid}``, score = priority: ZPOPMIN
                            takes the lowest priority value, then the earliest ready time, then FIFO
@@ -26,10 +28,20 @@ Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node server
 ``{p}sched:canceled``      SET canceled schedule ids (a chained occurrence of one is refused)
 ``{p}hist``                ZSET state records (JSON) by time; ``{p}hist:i:{uuid}`` per instance
 ``{p}logs``                ZSET log records (JSON) by time; ``{p}logs:i:{uuid}`` per instance
-``{p}corrupt``             SET keys or members that could not be decoded (set aside, never deleted)
+``{p}corrupt``             SET reports (JSON: key, reason, raw) of keys or members that could not be
+                           read or decoded: set aside, left as they are, skipped by every script and
+                           read; ``drop_corrupt_record`` (an operator's decision) deletes one
 channels                   ``{p}wake`` (work may be ready), ``{p}node:{node}`` (instances handed
                            to a waiting node, as their hashes), ``{p}cancel`` (uuid)
 =========================  ===================================================================
+
+Unreadable records. An instance key of another type (a string where a hash should be) or a hash
+lacking a field every instance has (``_FIELD_CHECKS``) is set aside by whichever script or read meets
+it first: reported in ``{p}corrupt``, left byte-exact where it is, skipped; the others go on (a claim
+never loses the valid instances it popped with it). :meth:`RespStore.corrupt_records` reads the raw
+value from the key itself while it is there. What only the node can tell (``d`` that is not JSON, an
+unknown state) is set aside after the claim, by the ``aside`` script. A queue counter (``{p}queued``)
+keeps counting a queued instance set aside until the record is dropped.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ import itertools
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -49,7 +62,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 
-from .._instance import Instance
+from .._instance import DEFAULT_MAX_ABANDONS, Instance
 from .._records import LogRecord, Query, StateRecord
 from .._state import State
 from ..abc import CorruptRecord, LeaseReport, Outcome, Store
@@ -72,7 +85,7 @@ def load_scripts() -> dict[str, str]:
             parts[name] = ""
         elif name is not None:
             parts[name] += line
-    common = parts.pop("common")
+    common = parts.pop("common").replace("@DEFAULT_MAX_ABANDONS@", str(int(DEFAULT_MAX_ABANDONS)))
     return {n: common + body for n, body in parts.items()}
 
 
@@ -191,8 +204,12 @@ class RespConnection(abc.ABC):
         """Run one command."""
 
     @abc.abstractmethod
-    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Send several commands in one round trip (not atomic); their replies in order."""
+    async def pipeline(self, commands: Sequence[Sequence[Any]], *, raise_on_error: bool = True) -> list[Any]:
+        """Send several commands in one round trip (not atomic); their replies in order.
+
+        An error reply raises :class:`~gojob_core.errors.StoreError`; with ``raise_on_error=False`` it
+        is returned in its place instead, as an ``Exception`` whose text is the server's (``WRONGTYPE ...``).
+        """
 
     @abc.abstractmethod
     async def run_script(self, sha: str, script: str, args: Sequence[Any]) -> Any:
@@ -270,14 +287,40 @@ class RespStore(Store):
             return _instance_from_hash(h)
         except (KeyError, ValueError, TypeError) as exc:
             uuid = uuid or str(h.get("uuid") or "?")
-            self._report_corrupt(f"{self.p}inst:{uuid}", f"{type(exc).__name__}: {exc}", json.dumps(h)[:2000])
+            # in the scripts' words if they would have refused it too (the checks cost nothing here)
+            bad = _bad_fields(h)
+            reason = f"missing or invalid field(s): {bad}" if bad else f"{type(exc).__name__}: {exc}"
+            self._report_corrupt(f"{self.p}inst:{uuid}", reason, json.dumps(h)[:2000])
             if claimed and uuid != "?":
                 self._aside.append(uuid)
             return None
 
-    def _report_corrupt(self, key: str, reason: str, raw: str = "") -> None:
+    def _report_corrupt(self, key: str, reason: str, raw: str = "", **more: Any) -> None:
         _log.error("%s store: record %s cannot be decoded and is set aside: %s", self.name, key[:200], reason)
-        self._cq.append(json.dumps({"key": key, "reason": reason, "raw": raw}))
+        self._cq.append(json.dumps({"key": key, "reason": reason, "raw": raw, **more}))
+
+    async def _wrong_type(self, keys: Sequence[str], want: str) -> None:
+        """Report keys whose read failed with WRONGTYPE (they hold another type than ``want``), in the
+        words the scripts use; the keys stay as they are."""
+        types = await self.conn.pipeline([["TYPE", k] for k in keys], raise_on_error=False)
+        for key, t in zip(keys, types):
+            self._report_corrupt(key, f"WRONGTYPE: holds a {t if isinstance(t, str) else '?'}, not a {want}")
+
+    async def _hashes(self, uuids: Sequence[str]) -> list[Any]:
+        """The hashes of these instances in one round trip: ``{}`` where there is none or the key holds
+        another type (then reported, set aside: the others are read all the same)."""
+        keys = [self.p + "inst:" + u for u in uuids]
+        replies = await self.conn.pipeline([["HGETALL", k] for k in keys], raise_on_error=False)
+        wrong = []
+        for j, (key, reply) in enumerate(zip(keys, replies)):
+            if isinstance(reply, BaseException):
+                if not _is_wrong_type(reply):
+                    raise StoreError(f"{self.name} store: reading {key} failed: {reply}") from reply
+                wrong.append(key)
+                replies[j] = {}
+        if wrong:
+            await self._wrong_type(wrong, "hash")
+        return replies
 
     async def _flush_corrupt(self) -> None:
         if self._aside:
@@ -295,7 +338,8 @@ class RespStore(Store):
         args: list[Any] = [node or "", "1" if chained else "0", len(instances)]
         for inst in instances:
             args += [inst.uuid, inst.kind, inst.priority, _num(inst.ready_ts), inst.schedule_id or "",
-                     _num(inst.created_ts), inst.max_retries, _fixed_part(inst)]
+                     _num(inst.created_ts), inst.max_retries,
+                     "" if inst.max_abandons is None else int(inst.max_abandons), _fixed_part(inst)]
         out = await self._run("enqueue", *args)
         return [bool(int(x)) for x in out]
 
@@ -314,6 +358,10 @@ class RespStore(Store):
         node fed one instance at a time waits again at no cost; a wake-up, the end of the wait or a
         due delayed instance makes the next call look at the store again (one round trip that
         closes the old registration, claims, and registers anew).
+
+        A suspect instance comes alone and ends the registration (the server hands the node nothing
+        beside it); should handed messages and a claim meet in one answer with a suspect among
+        others, the suspect goes back to the queue (:meth:`_alone`).
         """
         channel = f"{self.p}node:{node}"
         sub = self._node_subs.get(node)
@@ -337,7 +385,7 @@ class RespStore(Store):
             got = await self._receive_pending(node, int(out[2])) + self._claimed([out[0], out[1], *out[4:]])
             await self._flush_corrupt()
             if got or registered <= 0:
-                return got
+                return await self._alone(node, got)
             reg = self._regs[node]
         wait = min(timeout, reg.expires - now_m)
         if self._next_due is not None:
@@ -355,6 +403,8 @@ class RespStore(Store):
                     handed, n = self._handed(msg[1])
                     got += handed
                     reg.received += n
+                    if any(i.abandoned > 0 for i in handed):  # a suspect: the server closed the registration
+                        self._regs.pop(node, None)
                 elif self._fresh_wake(msg[1]):
                     reg.stale = True  # work may be ready that was not handed to this node
                 msg = await sub.next_message(0)
@@ -368,7 +418,19 @@ class RespStore(Store):
                     got += await self._close_registration(node)
                     if got:
                         await self.release(node, [i.uuid for i in got])
-        return got
+        return await self._alone(node, got)
+
+    async def _alone(self, node: str, got: list[Instance]) -> list[Instance]:
+        """Keep a suspect instance (abandoned before) out of a batch with others: each claim and each
+        handed message has it alone, but a node that read several at once could see it among others.
+        Then it goes back to the queue, first in line again (released: its attempt is not counted)."""
+        if len(got) < 2 or not any(i.abandoned > 0 for i in got):
+            return got
+        keep = [i for i in got if i.abandoned <= 0] or got[:1]
+        kept = {i.uuid for i in keep}
+        back = [i.uuid for i in got if i.uuid not in kept]
+        await self.release(node, back)
+        return keep
 
     async def _receive_pending(self, node: str, pending: int) -> list[Instance]:
         """Read the ``pending`` instances handed to ``node`` that are still on their way to it."""
@@ -455,7 +517,7 @@ class RespStore(Store):
         uuids = await self._run("reclaim", node)
         if not uuids:
             return []
-        found = await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in uuids])
+        found = await self._hashes(uuids)
         out = [self._decode(h, u, claimed=False) for u, h in zip(uuids, found)]
         await self._flush_corrupt()
         return [i for i in out if i is not None]
@@ -468,7 +530,8 @@ class RespStore(Store):
         args: list[Any] = [node, max(0, limit), _num(lease), len(outcomes)]
         for oc in outcomes:
             args += [oc.uuid, oc.state.value, "" if oc.result is None else json.dumps(oc.result),
-                     oc.error or "", "" if oc.retry_at is None else _num(oc.retry_at), oc.detail or ""]
+                     oc.error or "", "" if oc.retry_at is None else _num(oc.retry_at), oc.detail or "",
+                     "" if oc.attempt is None else int(oc.attempt)]
         out = await self._run("finish", *args)
         n = len(outcomes)
         oks = [bool(int(x)) for x in out[:n]]
@@ -486,7 +549,10 @@ class RespStore(Store):
         return await self._one(uuid, await self._run("cancel", uuid, node or ""))
 
     async def _one(self, uuid: str, flat: Any) -> Instance | None:
-        """One instance from its hash; None if absent; CorruptRecordError (and set aside) if undecodable."""
+        """One instance from its hash; None if absent; CorruptRecordError (and set aside) if undecodable.
+        ``flat`` may be the reason a script gave for a key it could not read (it set the key aside)."""
+        if isinstance(flat, str):
+            raise CorruptRecordError(f"{self.p}inst:{uuid}", f"{flat} (set aside)")
         if not flat:
             return None
         inst = self._decode(flat, uuid)
@@ -507,27 +573,44 @@ class RespStore(Store):
                 await sub.close()
 
     async def get_instance(self, uuid: str) -> Instance | None:
-        return await self._one(uuid, await self.conn.execute("HGETALL", self.p + "inst:" + uuid))
+        key = self.p + "inst:" + uuid
+        try:
+            flat = await self.conn.execute("HGETALL", key)
+        except StoreError as exc:
+            if not _is_wrong_type(exc):
+                raise
+            await self._wrong_type([key], "hash")
+            await self._flush_corrupt()
+            raise CorruptRecordError(key, "WRONGTYPE: not a hash (set aside)") from None
+        return await self._one(uuid, flat)
 
-    async def _range(self, key: str, query: Query) -> list[str]:
-        """Every member of a ZSET scored within the query's time range, a page at a time."""
+    async def _range(self, key: str, query: Query) -> list[str] | None:
+        """Every member of a ZSET scored within the query's time range, a page at a time; None if the key
+        holds another type (reported, set aside)."""
         lo = "-inf" if query.since_ts is None else _num(query.since_ts)
         hi = "+inf" if query.until_ts is None else _num(query.until_ts)
         out: list[str] = []
         offset = 0
         while True:
-            page = await self.conn.execute("ZRANGEBYSCORE", key, lo, hi, "LIMIT", offset, _PAGE)
+            try:
+                page = await self.conn.execute("ZRANGEBYSCORE", key, lo, hi, "LIMIT", offset, _PAGE)
+            except StoreError as exc:
+                if not _is_wrong_type(exc):
+                    raise
+                await self._wrong_type([key], "zset")
+                await self._flush_corrupt()
+                return None
             out.extend(page)
             if len(page) < _PAGE:
                 return out
             offset += _PAGE
 
     async def list_instances(self, query: Query) -> list[Instance]:
-        uuids = [query.uuid] if query.uuid is not None else await self._range(self.p + "all", query)
+        uuids = [query.uuid] if query.uuid is not None else (await self._range(self.p + "all", query) or [])
         found: list[Instance] = []
         for i in range(0, len(uuids), _PAGE):
             chunk = uuids[i:i + _PAGE]
-            replies = await self.conn.pipeline([["HGETALL", self.p + "inst:" + u] for u in chunk])
+            replies = await self._hashes(chunk)
             for u, flat in zip(chunk, replies):
                 inst = self._decode(flat, u)
                 if inst is not None and query.matches_instance(inst):
@@ -558,11 +641,16 @@ class RespStore(Store):
     async def _records(self, base: str, query: Query, decode: Any) -> list[tuple[str, Any]]:
         found = []
         key = f"{self.p}{base}:i:{query.uuid}" if query.uuid is not None else self.p + base
-        for member in await self._range(key, query):
+        members = await self._range(key, query)
+        if members is None and key != self.p + base:  # an instance's index that cannot be read: the whole one
+            key = self.p + base
+            members = await self._range(key, query)
+        for member in members or ():
             try:
                 rec = decode(json.loads(member))
             except (ValueError, KeyError, TypeError) as exc:
-                self._report_corrupt(f"{self.p}{base}:{member[:100]}", f"{type(exc).__name__}: {exc}", member[:2000])
+                self._report_corrupt(f"{self.p}{base}:{member[:100]}", f"{type(exc).__name__}: {exc}", member[:2000],
+                                     member=True, index=key)
                 continue
             if query.matches_record(rec):
                 found.append((member, rec))
@@ -579,9 +667,23 @@ class RespStore(Store):
         for member, rec in found:
             cmds.append(["ZREM", self.p + base, member])
             cmds.append(["ZREM", f"{self.p}{base}:i:{rec.uuid}", member])
-        for i in range(0, len(cmds), _PAGE):
-            await self.conn.pipeline(cmds[i:i + _PAGE])
+        await self._write(cmds)
         return len(found)
+
+    async def _write(self, cmds: list[list[Any]]) -> None:
+        """Pipeline writes to history or log indexes, a page at a time; an instance's index that holds
+        another type is reported and skipped (the writes to the others are made all the same)."""
+        wrong: dict[str, None] = {}
+        for i in range(0, len(cmds), _PAGE):
+            page = cmds[i:i + _PAGE]
+            for cmd, reply in zip(page, await self.conn.pipeline(page, raise_on_error=False)):
+                if isinstance(reply, BaseException):
+                    if not _is_wrong_type(reply):
+                        raise StoreError(f"{self.name} store: {cmd[0]} {cmd[1]} failed: {reply}") from reply
+                    wrong[cmd[1]] = None
+        if wrong:
+            await self._wrong_type(list(wrong), "zset")
+            await self._flush_corrupt()
 
     async def clear_history(self, query: Query) -> int:
         return await self._clear("hist", query, StateRecord.from_dict)
@@ -595,8 +697,7 @@ class RespStore(Store):
             score = _num(rec.ts)
             cmds.append(["ZADD", self.p + "logs", score, member])
             cmds.append(["ZADD", f"{self.p}logs:i:{rec.uuid}", score, member])
-        for i in range(0, len(cmds), _PAGE):
-            await self.conn.pipeline(cmds[i:i + _PAGE])
+        await self._write(cmds)
 
     async def lookup_logs(self, query: Query) -> list[LogRecord]:
         return query.apply_limit([r for _, r in await self._records("logs", query, LogRecord.from_dict)])
@@ -604,15 +705,104 @@ class RespStore(Store):
     async def clear_logs(self, query: Query) -> int:
         return await self._clear("logs", query, LogRecord.from_dict)
 
-    async def corrupt_records(self) -> list[CorruptRecord]:
-        out = []
-        for raw in await self.conn.execute("SMEMBERS", self.p + "corrupt"):
+    async def _reports(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """The corrupt set's reports by the key they name: (the set member, the report) each."""
+        by_key: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for member in await self.conn.execute("SMEMBERS", self.p + "corrupt"):
             try:
-                d = json.loads(raw)
-                out.append(CorruptRecord(str(d["key"]), str(d["reason"]), str(d.get("raw") or raw)))
-            except (ValueError, KeyError, TypeError):
-                out.append(CorruptRecord(raw[:200], "unreadable report", raw))
+                d = json.loads(member)
+                d = {**d, "key": str(d["key"]), "reason": str(d["reason"]), "raw": str(d.get("raw") or "")}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                d = {"key": member[:200], "reason": "unreadable report", "raw": member}
+            by_key.setdefault(d["key"], []).append((member, d))
+        return by_key
+
+    async def corrupt_records(self) -> list[CorruptRecord]:
+        """One record per key set aside (its reasons joined), ``raw`` read from the key itself while it
+        is still there, else as reported. A string's ``raw`` is its value, losslessly:
+        ``raw.encode("utf-8", "surrogateescape")`` gives its bytes back (as the etcd store's do); another
+        type's is a JSON dump (a hash as an object, others as arrays) of strings of the same kind."""
+        by_key = await self._reports()
+        live = await self._raw_values([k for k, reps in by_key.items()
+                                       if not any(d.get("member") for _, d in reps)])
+        out = []
+        for key, reps in by_key.items():
+            reasons = list(dict.fromkeys(d["reason"] for _, d in reps))
+            raw = live.get(key) or max((d["raw"] for _, d in reps), key=len)
+            out.append(CorruptRecord(key, "; ".join(reasons), raw))
         return sorted(out, key=lambda c: c.key)
+
+    async def _raw_values(self, keys: Sequence[str]) -> dict[str, str]:
+        """What these keys hold, readable (bounded: the first 64 KiB of a string, 1,000 elements)."""
+        keys = [k for k in keys if k.startswith(self.p)]
+        if not keys:
+            return {}
+        types = await self.conn.pipeline([["TYPE", k] for k in keys], raise_on_error=False)
+        reads = {"string": ["GETRANGE", 0, _RAW_MAX - 1], "hash": ["HGETALL"], "list": ["LRANGE", 0, 999],
+                 "set": ["SRANDMEMBER", 1000], "zset": ["ZRANGE", 0, 999, "WITHSCORES"],
+                 "stream": ["XRANGE", "-", "+", "COUNT", 100]}
+        asked = [(k, t) for k, t in zip(keys, types) if isinstance(t, str) and t != "none"]
+        # (a type with no read here, a module's: its TYPE again, shown as <type>)
+        cmds = [[reads.get(t, ["TYPE"])[0], k, *reads.get(t, ["TYPE"])[1:]] for k, t in asked]
+        replies = await self.conn.pipeline(cmds, raise_on_error=False) if cmds else []
+        out: dict[str, str] = {}
+        for (k, t), reply in zip(asked, replies):
+            if isinstance(reply, BaseException):
+                out[k] = f"<{t}: {reply}>"
+            elif t not in reads:
+                out[k] = f"<{t}>"
+            else:
+                out[k] = _dump(t, reply)
+                if "\ufffd" in out[k] or "\\ufffd" in out[k]:  # (JSON escapes it) perhaps bytes that are
+                    # not UTF-8, decoded lossily: read them exactly
+                    peek = await self._run("peek", k)
+                    items = [bytes.fromhex(x).decode("utf-8", "surrogateescape") for x in peek[1:]]
+                    out[k] = _dump(str(peek[0]), items[0] if peek[0] == "string" and items else items)
+        return out
+
+    async def _unreadable(self, key: str) -> bool:
+        """Whether an instance key holds something that cannot be read as an instance (now)."""
+        try:
+            flat = await self.conn.execute("HGETALL", key)
+        except StoreError as exc:
+            if _is_wrong_type(exc):
+                return True
+            raise
+        if not flat:
+            return False
+        try:
+            _instance_from_hash(flat if isinstance(flat, dict) else dict(zip(flat[::2], flat[1::2])))
+        except (KeyError, ValueError, TypeError):
+            return True
+        return False
+
+    async def drop_corrupt_record(self, key: str) -> bool:
+        """Delete a record set aside and its reports: an instance key with every index entry of its
+        instance (the queue counters follow); another key that could not be read; a history or log
+        member from the indexes it was found in (``raw`` is the member). A key that can be read again
+        (repaired in place since) is left as it is: only its reports go."""
+        reps = (await self._reports()).get(key)
+        if not reps:
+            return False
+        inst_prefix = self.p + "inst:"
+        drop_key, uuid, pairs = "", "", []
+        if key.startswith(inst_prefix):
+            if await self._unreadable(key):  # else repaired in place since (or gone): it stays as it is
+                drop_key, uuid = key, key[len(inst_prefix):]
+        elif any(d.get("member") for _, d in reps) or not any(d["reason"].startswith("WRONGTYPE") for _, d in reps):
+            for _, d in reps:  # a member of an index: from where it was found, and its copies
+                member = d["raw"]
+                if d.get("index"):
+                    pairs += [str(d["index"]), member]
+                for base in ("hist", "logs"):
+                    if key.startswith(f"{self.p}{base}:"):
+                        pairs += [self.p + base, member]
+                        if (owner := _uuid_in(member)) is not None:
+                            pairs += [f"{self.p}{base}:i:{owner}", member]
+        elif await self.conn.execute("TYPE", key) not in ("zset", "none"):  # (one repaired since stays)
+            drop_key = key
+        members = [m for m, _ in reps]
+        return int(await self._run("drop", drop_key, uuid, len(members), *members, *pairs)) > 0
 
 
 class _Registration:
@@ -652,6 +842,73 @@ def _first_score(reply: Any) -> float:
     return float(reply[1])
 
 
+_RAW_MAX = 65536
+
+#: The fields of an instance hash checked before a record is used, as the scripts check them
+#: (INST_FIELDS and INST_CHECKS in scripts.lua): 's' text, not empty; 'i' an integer; 'n' a number;
+#: 'I' absent or an integer; 'M' absent, '' or an integer.
+_FIELD_CHECKS = (("uuid", "s"), ("d", "s"), ("kind", "s"), ("priority", "i"), ("ready_ts", "n"), ("state", "s"),
+                 ("attempts", "I"), ("abandoned", "I"), ("seq", "I"), ("max_abandons", "M"))
+
+
+_INT = re.compile(r"-?[0-9]+")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, str) and _INT.fullmatch(v) is not None
+
+
+def _field_ok(v: Any, check: str) -> bool:
+    if check == "I":
+        return v is None or _is_int(v)
+    if check == "M":
+        return v is None or v == "" or _is_int(v)
+    if not v:
+        return False
+    if check == "i":
+        return _is_int(v)
+    if check == "n":
+        try:
+            float(v)
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
+def _bad_fields(h: dict[str, Any]) -> str:
+    """The fields of an instance hash failing their checks, as the scripts name them ('' if none)."""
+    return ", ".join(name for name, check in _FIELD_CHECKS if not _field_ok(h.get(name), check))
+
+
+def _is_wrong_type(exc: BaseException) -> bool:
+    """Whether an error is the server's WRONGTYPE reply (a key of another type than the command's)."""
+    return "WRONGTYPE" in str(exc)
+
+
+def _uuid_in(member: str) -> str | None:
+    """The instance uuid named in a history or log member that could not be decoded, if one can be read."""
+    try:
+        d = json.loads(member)
+        if isinstance(d, dict) and isinstance(d.get("uuid"), str):
+            return d["uuid"]
+    except ValueError:
+        pass
+    m = re.search(r'"uuid"\s*:\s*"([^"\\]+)"', member)
+    return m.group(1) if m else None
+
+
+def _dump(kind: str, reply: Any) -> str:
+    """A key's value as text: a string as it is, a hash as a JSON object, anything else as a JSON array
+    (strings that stand for bytes that are not UTF-8 carry surrogate escapes, which JSON keeps)."""
+    if kind == "string":
+        return str(reply)
+    if kind == "hash":
+        return json.dumps(reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2])))
+    if isinstance(reply, dict):  # a sorted set in RESP3's shape
+        reply = [x for pair in reply.items() for x in pair]
+    return json.dumps(reply, default=str)
+
+
 def _opt_float(v: str | None) -> float | None:
     return float(v) if v not in (None, "") else None
 
@@ -668,5 +925,12 @@ def _instance_from_hash(h: dict[str, str]) -> Instance:
         error=h.get("error") or None, node=h.get("node") or None, lease_ts=_opt_float(h.get("lease_ts")),
         cancel_requested=h.get("cancel") == "1", crontab_spec=d["crontab_spec"],
         timezone=d["timezone"], schedule_id=h.get("schedule_id") or None, seq=int(h.get("seq") or 0),
-        abandoned=int(h.get("abandoned") or 0),
+        abandoned=int(h.get("abandoned") or 0), max_abandons=_max_abandons(h.get("max_abandons")),
     )
+
+
+def _max_abandons(v: str | None) -> int | None:
+    """The hash field: absent (a record written before it existed) is the default; '' is no limit."""
+    if v is None:
+        return DEFAULT_MAX_ABANDONS
+    return None if v == "" else int(v)

@@ -12,6 +12,70 @@ local function jstr(s)
   if s == nil or s == false or s == '' then return 'null' end
   return cjson.encode(s)
 end
+-- Records that cannot be read are set aside, never changed: reported in the corrupt set (in the shape
+-- the Python side reports: {"key": ..., "reason": ..., "raw": ""}, the raw value read from the key
+-- itself when reported), then skipped; the script goes on with the others. An instance key is read
+-- with redis.pcall (a key of another type must not abort a script that has already popped or changed
+-- other instances) and checked for the fields a script needs before anything is written to it.
+local function set_aside(key, reason)
+  redis.call('SADD', P .. 'corrupt', '{"key": ' .. cjson.encode(key) .. ', "reason": ' .. cjson.encode(reason) ..
+             ', "raw": ""}')
+end
+-- a member of an index that is not one (it points nowhere): reported with its bytes, left out
+local function set_aside_member(index, member, reason)
+  redis.call('SADD', P .. 'corrupt', '{"key": ' .. cjson.encode(index .. ':' .. string.sub(member, 1, 100)) ..
+             ', "reason": ' .. cjson.encode(reason) .. ', "raw": ' .. cjson.encode(member) .. ', "member": true, ' ..
+             '"index": ' .. cjson.encode(index) .. '}')
+end
+local function wrong_type(key, want)
+  local t = redis.call('TYPE', key)
+  if type(t) == 'table' then t = t.ok or t[1] end
+  set_aside(key, 'WRONGTYPE: holds a ' .. tostring(t) .. ', not a ' .. want)
+end
+-- HMGET of an instance key; false if the key is not a hash (it is set aside)
+local function hm(key, ...)
+  local f = redis.pcall('HMGET', key, ...)
+  if f.err then
+    wrong_type(key, 'hash')
+    return false
+  end
+  return f
+end
+-- Field checks, as the Python side makes them (_FIELD_CHECKS): 's' text, not empty; 'i' an integer;
+-- 'n' a number; 'I' absent or an integer; 'M' absent, '' or an integer (max_abandons).
+local function is_int(v)
+  return string.find(v, '^%-?%d+$') ~= nil
+end
+local function field_ok(v, c)
+  if not v then return c == 'I' or c == 'M' end
+  if c == 's' then return v ~= '' end
+  if c == 'i' or c == 'I' then return is_int(v) end
+  if c == 'n' then return tonumber(v) ~= nil end
+  return v == '' or is_int(v)  -- 'M'
+end
+-- The names of the fields failing their checks ('' if none): `f` holds the values of `names` (as HMGET
+-- reads them), `checks` one check letter per name ('-': not checked). Scripts call it only when a
+-- quicker test of the same fields failed: the common case stays cheap.
+local function bad_fields(names, f, checks)
+  local bad = ''
+  for j = 1, #checks do
+    local c = string.sub(checks, j, j)
+    if c ~= '-' and not field_ok(f[j], c) then
+      if bad == '' then bad = names[j] else bad = bad .. ', ' .. names[j] end
+    end
+  end
+  return bad
+end
+local function set_aside_fields(key, bad)
+  set_aside(key, 'missing or invalid field(s): ' .. bad)
+end
+-- Every field of an instance hash that a node needs to decode it, and the counters scripts change
+-- (checked before a claim changes anything): the same list as the Python side's _FIELD_CHECKS.
+local INST_FIELDS = {'uuid', 'd', 'kind', 'priority', 'ready_ts', 'state', 'attempts', 'abandoned', 'seq',
+                     'max_abandons'}
+local INST_CHECKS = 'sssinsIIIM'
+-- The limit of abandoned attempts of a record written before max_abandons existed (set from Python).
+local DEFAULT_MAX_ABANDONS = @DEFAULT_MAX_ABANDONS@
 -- State records are collected during a script and written by flush() at its end, a few ZADDs for
 -- all of them (one call per key costs far less than one per record).
 local HN, HG, HI, HORDER, HHEAD = 0, {}, {}, {}, {}
@@ -34,9 +98,14 @@ local function hist(uuid, kind, state, ts, attempt, node, detail)
   per[#per + 1] = score
   per[#per + 1] = rec
 end
+-- (an instance's history key of another type is set aside and skipped: its records still go to {p}hist)
 local function zadd_all(key, pairs_)
   for i = 1, #pairs_, 1000 do
-    redis.call('ZADD', key, unpack(pairs_, i, math.min(i + 999, #pairs_)))
+    local r = redis.pcall('ZADD', key, unpack(pairs_, i, math.min(i + 999, #pairs_)))
+    if type(r) == 'table' and r.err then
+      wrong_type(key, 'zset')
+      return
+    end
   end
 end
 local function flush()
@@ -64,13 +133,13 @@ local function place(prio, ready_ts, seq, uuid, t)
     redis.call('ZADD', P .. 'delayed', ready_ts, uuid)
   end
 end
-local function push(key, uuid, t)
-  local f = redis.call('HMGET', key, 'priority', 'ready_ts', 'kind')
-  redis.call('HINCRBY', P .. 'queued', f[3], 1)
-  redis.call('ZADD', P .. 'waiting:' .. f[3], f[2], uuid)
+-- queue an instance again (its caller read and checked kind, priority and the ready time, a string)
+local function push(key, uuid, t, kind, prio, ready)
+  redis.call('HINCRBY', P .. 'queued', kind, 1)
+  redis.call('ZADD', P .. 'waiting:' .. kind, ready, uuid)
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('HSET', key, 'seq', seq)
-  place(tonumber(f[1]), tonumber(f[2]), seq, uuid, t)
+  place(tonumber(prio), tonumber(ready), seq, uuid, t)
 end
 -- the message is the server time: a node whose claim emptied the ready set after it knows the
 -- wake-up is old news
@@ -85,40 +154,112 @@ local function unqueue(kind, uuid)
   redis.call('ZREM', P .. 'waiting:' .. kind, uuid)
 end
 
+-- set a field of a hash read by HGETALL (`at`: field -> index of its value in `flat`)
+local function put(flat, at, name, value)
+  local j = at[name]
+  if j == nil then
+    flat[#flat + 1] = name
+    flat[#flat + 1] = value
+    at[name] = #flat
+  else
+    flat[j] = value
+  end
+end
+
 -- move due delayed instances to the ready set, then take up to `limit` ready ones for `node`;
 -- appends their hashes to `out`, sets out[2] to when the next delayed instance is due ('' if none)
--- and out[1] as said at its end
+-- and out[1] as said at its end.
+-- A suspect instance (abandoned > 0: a node died running it) is taken only alone: first in line, it
+-- is the whole claim; reached after others, the claim ends before it. The members popped but not
+-- taken go back to the ready set unchanged (the suspect first in line for the next claim).
+-- A key that cannot be read (another type, a field missing) is set aside and skipped.
+-- SUSPECT is set when a suspect was taken: its node must not be handed anything beside it.
+local SUSPECT = false
 local function claim_into(out, node, limit, lease, t)
   local due = redis.call('ZRANGEBYSCORE', P .. 'delayed', '-inf', t, 'LIMIT', 0, 1000)
   for _, uuid in ipairs(due) do
     redis.call('ZREM', P .. 'delayed', uuid)
     local key = P .. 'inst:' .. uuid
-    local f = redis.call('HMGET', key, 'state', 'priority', 'ready_ts', 'seq')
-    if f[1] == 'SCHEDULED' then
-      redis.call('ZADD', P .. 'ready', tonumber(f[2]), ready_member(tonumber(f[3]), tonumber(f[4]), uuid))
+    local f = hm(key, 'state', 'priority', 'ready_ts', 'seq')
+    if f and f[1] == 'SCHEDULED' then
+      local prio, ready, seq = tonumber(f[2]), tonumber(f[3]), tonumber(f[4])
+      if prio and ready and seq then
+        redis.call('ZADD', P .. 'ready', prio, ready_member(ready, seq, uuid))
+      else
+        set_aside_fields(key, bad_fields({'state', 'priority', 'ready_ts', 'seq'}, f, 'sini'))
+      end
+    elseif f and not f[1] and redis.call('EXISTS', key) == 1 then
+      set_aside_fields(key, 'state')
     end
   end
-  local taken = 0
-  while taken < limit do
+  local taken, stop, back = 0, false, nil
+  local ts, lts = string.format('%.6f', t), string.format('%.6f', t + lease)
+  while taken < limit and not stop do
     local popped = redis.call('ZPOPMIN', P .. 'ready', limit - taken)
     if #popped == 0 then break end
     for j = 1, #popped, 2 do
       local member = popped[j]
-      local uuid = string.sub(member, 35)
-      local key = P .. 'inst:' .. uuid
-      local f = redis.call('HMGET', key, 'state', 'seq', 'kind')
-      if f[1] == 'SCHEDULED' and string.format('%015.0f', tonumber(f[2])) == string.sub(member, 19, 33) then
-        unqueue(f[3], uuid)
-        local attempts = redis.call('HINCRBY', key, 'attempts', 1)
-        redis.call('HSET', key, 'state', 'PROCESSING', 'started_ts', string.format('%.6f', t), 'node', node,
-                   'lease_ts', string.format('%.6f', t + lease))
-        redis.call('ZADD', P .. 'running', t + lease, uuid)
-        hist(uuid, f[3], 'PROCESSING', t, attempts, node, nil)
-        out[#out + 1] = redis.call('HGETALL', key)
-        taken = taken + 1
+      if stop then
+        back[#back + 1] = popped[j + 1]
+        back[#back + 1] = member
+      else
+        local uuid = string.sub(member, 35)
+        local key = P .. 'inst:' .. uuid
+        local h
+        if uuid == '' or string.byte(member, 18) ~= 58 or string.byte(member, 34) ~= 58 then  -- (58: ':')
+          set_aside_member(P .. 'ready', member, 'not a queue entry ({ready_us:17}:{seq:15}:{uuid})')
+          h = {}
+        else
+          h = redis.pcall('HGETALL', key)
+        end
+        if h.err then
+          wrong_type(key, 'hash')
+        elseif #h > 0 then  -- (none: a stale entry of a removed instance)
+          local at = {}
+          for k = 1, #h, 2 do at[h[k]] = k + 1 end
+          local state, seq, kind, abandoned, attempts = h[at.state], h[at.seq], h[at.kind], h[at.abandoned],
+            h[at.attempts]
+          local id, d, prio, ready, max = h[at.uuid], h[at.d], h[at.priority], h[at.ready_ts], h[at.max_abandons]
+          -- INST_CHECKS written out (the common case: one pass, no table), and a queued one has its seq
+          if not (state and state ~= '' and kind and kind ~= '' and id and id ~= '' and d and d ~= ''
+                  and prio and is_int(prio) and ready and tonumber(ready) and (not seq or is_int(seq))
+                  and (not attempts or is_int(attempts)) and (not abandoned or is_int(abandoned))
+                  and (not max or max == '' or is_int(max)) and (seq or state ~= 'SCHEDULED')) then
+            local f = {}
+            for k = 1, #INST_FIELDS do f[k] = h[at[INST_FIELDS[k]]] or false end
+            local bad = bad_fields(INST_FIELDS, f, INST_CHECKS)
+            if bad == '' then bad = 'seq' end  -- SCHEDULED without its queue order
+            set_aside_fields(key, bad)
+          elseif state == 'SCHEDULED' and string.format('%015.0f', tonumber(seq)) == string.sub(member, 19, 33) then
+            local suspect = abandoned and tonumber(abandoned) > 0
+            if suspect and taken > 0 then  -- not with others: it waits for the next claim, first in line
+              stop = true
+              back = {popped[j + 1], member}
+            else
+              unqueue(kind, uuid)
+              attempts = redis.call('HINCRBY', key, 'attempts', 1)
+              redis.call('HSET', key, 'state', 'PROCESSING', 'started_ts', ts, 'node', node, 'lease_ts', lts)
+              redis.call('ZADD', P .. 'running', t + lease, uuid)
+              hist(uuid, kind, 'PROCESSING', t, attempts, node, nil)
+              put(h, at, 'state', 'PROCESSING')
+              put(h, at, 'attempts', tostring(attempts))
+              put(h, at, 'started_ts', ts)
+              put(h, at, 'node', node)
+              put(h, at, 'lease_ts', lts)
+              out[#out + 1] = h
+              taken = taken + 1
+              if suspect then  -- alone: the claim ends here
+                stop = true
+                back = {}
+                SUSPECT = true
+              end
+            end
+          end
+        end
       end
     end
   end
+  if back ~= nil and #back > 0 then zadd_all(P .. 'ready', back) end
   local head = redis.call('ZRANGE', P .. 'delayed', 0, 0, 'WITHSCORES')
   if #head > 0 then out[2] = head[2] end
   -- out[1]: the server time if the ready set is now empty (wake-ups published before are old
@@ -161,11 +302,13 @@ local function handoff(t, regs)
   for _, reg in ipairs(regs or registrations(t)) do
     if reg[2] > 0 then
       local got = {t, ''}
+      SUSPECT = false
       claim_into(got, reg[1], reg[2], reg[3], t)
       if #got > 2 then
         local hashes = {}
         for k = 3, #got do hashes[#hashes + 1] = got[k] end
         reg[2] = reg[2] - #hashes
+        if SUSPECT then reg[2] = 0 end  -- a suspect's node gets nothing beside it: its wait ends here
         deliver(reg, hashes)
       end
       if redis.call('ZCARD', P .. 'ready') == 0 then return end
@@ -180,7 +323,7 @@ end
 -- through it; `pending` = handed but not yet received, which the node still reads from its channel),
 -- then claims like `claim`. If that left the ready set empty, the slots still free (`registered`)
 -- are registered as waiting (for `wait` seconds and a grace second), so that enqueues hand the node
--- instances directly.
+-- instances directly; not if it took a suspect (nothing is handed to a node beside one).
 local node, limit, lease, wait, received = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
   tonumber(ARGV[6])
 local t = now()
@@ -193,7 +336,7 @@ redis.call('HDEL', P .. 'handed', node)
 local out = {t, '', pending, 0}
 claim_into(out, node, math.max(0, limit - pending), lease, t)
 local left = limit - pending - (#out - 4)
-if left > 0 and out[1] ~= 0 then
+if left > 0 and out[1] ~= 0 and not SUSPECT then
   redis.call('HSET', P .. 'idle', node, left .. ' ' .. string.format('%.6f', lease) .. ' ' ..
              string.format('%.6f', t + wait + 1))
   out[4] = left
@@ -210,7 +353,8 @@ return tonumber(n or 0)
 
 --! enqueue
 -- ARGV: prefix, node, chained ('1'/'0'), n, then n times: uuid, kind, priority, ready_ts, schedule_id,
--- created_ts, max_retries, d (the record's fixed part as JSON: arguments, timeout, cron, created)
+-- created_ts, max_retries, max_abandons ('' = no limit), d (the record's fixed part as JSON:
+-- arguments, timeout, cron, created)
 -- An instance that is due while nothing else is ready (or delayed and due) goes straight to a node
 -- waiting for work: claimed here, without passing through the ready set and its indexes, and sent in
 -- the node's message. The others are queued, and handoff() serves waiting nodes from the queue.
@@ -228,14 +372,15 @@ local function waiting_node()
   return nil
 end
 for k = 1, n do
-  local uuid, kind, prio, ready, sid, created, retries, d =
-    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7]
-  i = i + 8
+  local uuid, kind, prio, ready, sid, created, retries, max_abandons, d =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], ARGV[i + 8]
+  i = i + 9
   local key = P .. 'inst:' .. uuid
   if redis.call('EXISTS', key) == 1 or (chained and sid ~= '' and redis.call('SISMEMBER', P .. 'sched:canceled', sid) == 1) then
     out[k] = 0
   else
-    local h = {'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'max_retries', retries}
+    local h = {'uuid', uuid, 'd', d, 'kind', kind, 'priority', prio, 'ready_ts', ready, 'max_retries', retries,
+               'max_abandons', max_abandons}
     if sid ~= '' then
       if not chained then redis.call('SREM', P .. 'sched:canceled', sid) end
       redis.call('SADD', P .. 'sched:' .. sid, uuid)
@@ -300,14 +445,15 @@ return out
 
 --! extend
 -- ARGV: prefix, node, lease, uuids... -> {lost..., '|', cancel_requested...}
+-- (a key that cannot be read is lost to the node: it is set aside, and the reclaim drops its lease)
 local node, lease = ARGV[2], tonumber(ARGV[3])
 local t = now()
 local lost, cancel = {}, {}
 for i = 4, #ARGV do
   local uuid = ARGV[i]
   local key = P .. 'inst:' .. uuid
-  local f = redis.call('HMGET', key, 'state', 'node', 'cancel')
-  if f[1] ~= 'PROCESSING' or f[2] ~= node then
+  local f = hm(key, 'state', 'node', 'cancel')
+  if not f or f[1] ~= 'PROCESSING' or f[2] ~= node then
     lost[#lost + 1] = uuid
   else
     redis.call('HSET', key, 'lease_ts', string.format('%.6f', t + lease))
@@ -322,6 +468,12 @@ return out
 
 --! reclaim
 -- ARGV: prefix, node -> uuids re-queued
+-- An expired lease's instance is re-queued with abandoned + 1, or ends CANCELED if its cancel was
+-- asked, or ends TERMINATED once `abandoned` reaches its max_abandons (absent: the default, for
+-- records written before the field; '': no limit), with the error and history detail the Python side
+-- builds in gojob_core.abc.abandon_limit_message. A key that cannot be read is set aside (its
+-- running entry is dropped, so it does not come back).
+local RECLAIM = {'state', 'node', 'cancel', 'kind', 'attempts', 'priority', 'ready_ts', 'abandoned', 'max_abandons'}
 local node = ARGV[2]
 local t = now()
 local expired = redis.call('ZRANGEBYSCORE', P .. 'running', '-inf', t, 'LIMIT', 0, 500)
@@ -329,20 +481,38 @@ local out = {}
 for _, uuid in ipairs(expired) do
   redis.call('ZREM', P .. 'running', uuid)
   local key = P .. 'inst:' .. uuid
-  local f = redis.call('HMGET', key, 'state', 'node', 'cancel', 'kind', 'attempts')
-  if f[1] == 'PROCESSING' then
-    redis.call('HDEL', key, 'lease_ts')
-    if f[3] == '1' then
-      redis.call('HSET', key, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
-      hist(uuid, f[4], 'CANCELED', t, tonumber(f[5]), node, 'canceled; node ' .. (f[2] or '?') .. ' lost its lease')
+  local f = hm(key, unpack(RECLAIM))
+  if f and f[1] == 'PROCESSING' then
+    local bad = bad_fields(RECLAIM, f, '---siinIM')
+    if bad ~= '' then
+      set_aside_fields(key, bad)
     else
-      redis.call('HSET', key, 'state', 'SCHEDULED')
-      redis.call('HINCRBY', key, 'abandoned', 1)
-      hist(uuid, f[4], 'SCHEDULED', t, tonumber(f[5]), node,
-           'attempt ' .. f[5] .. ' abandoned: node ' .. (f[2] or '?') .. ' lost its lease; re-queued')
-      push(key, uuid, t)
-      out[#out + 1] = uuid
+      local lost_node = f[2]
+      if not lost_node or lost_node == '' then lost_node = '?' end
+      redis.call('HDEL', key, 'lease_ts')
+      if f[3] == '1' then
+        redis.call('HSET', key, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
+        hist(uuid, f[4], 'CANCELED', t, tonumber(f[5]), node, 'canceled; node ' .. lost_node .. ' lost its lease')
+      else
+        local abandoned = redis.call('HINCRBY', key, 'abandoned', 1)
+        local max = DEFAULT_MAX_ABANDONS
+        if f[9] == '' then max = nil elseif f[9] then max = tonumber(f[9]) end
+        if max ~= nil and abandoned >= max then
+          local msg = 'AbandonedError: attempt ' .. f[5] .. ' abandoned: node ' .. lost_node .. ' lost its lease; ' ..
+            string.format('%d', max) .. ' attempts abandoned (max_abandons), not re-queued'
+          redis.call('HSET', key, 'state', 'TERMINATED', 'finished_ts', string.format('%.6f', t), 'error', msg)
+          hist(uuid, f[4], 'TERMINATED', t, tonumber(f[5]), node, msg)
+        else
+          redis.call('HSET', key, 'state', 'SCHEDULED')
+          hist(uuid, f[4], 'SCHEDULED', t, tonumber(f[5]), node,
+               'attempt ' .. f[5] .. ' abandoned: node ' .. lost_node .. ' lost its lease; re-queued')
+          push(key, uuid, t, f[4], f[6], f[7])
+          out[#out + 1] = uuid
+        end
+      end
     end
+  elseif f and not f[1] and redis.call('EXISTS', key) == 1 then
+    set_aside_fields(key, 'state')
   end
 end
 wake(t)
@@ -351,43 +521,53 @@ return out
 
 --! finish
 -- ARGV: prefix, node, limit, lease, n, then n times: uuid, state, result_json ('' = none), error,
--- retry_at ('' = none), detail -> {n oks..., drained_ts, next_due_or_'', hgetall of up to `limit` newly claimed...}
+-- retry_at ('' = none), detail, attempt ('' = any) -> {n oks..., drained_ts, next_due_or_'', hgetall of up
+-- to `limit` newly claimed...}
+-- An outcome is written only while the instance is PROCESSING, held by `node`, in that attempt: an
+-- attempt that outlived its lease cannot pass its result off as a newer attempt's (even the same node's).
 -- Finishing and claiming the next instances in one call is where a busy node saves round trips.
+local FINISH = {'state', 'node', 'cancel', 'kind', 'attempts', 'max_retries', 'abandoned', 'priority'}
 local node, limit, lease, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local t = now()
 local out, requeued = {}, false
 local i = 6
 for k = 1, n do
-  local uuid, state, result, err, retry_at, detail = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  i = i + 6
+  local uuid, state, result, err, retry_at, detail, attempt =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  i = i + 7
   local key = P .. 'inst:' .. uuid
-  local f = redis.call('HMGET', key, 'state', 'node', 'cancel', 'kind', 'attempts', 'max_retries', 'abandoned')
-  if f[1] ~= 'PROCESSING' or f[2] ~= node then
-    out[k] = 0
-  else
-    redis.call('ZREM', P .. 'running', uuid)
-    redis.call('HDEL', key, 'lease_ts')
-    local attempts = tonumber(f[5])
-    local d = err
-    if d == '' then d = detail end
-    hist(uuid, f[4], state, t, attempts, node, d)
-    if retry_at ~= '' and f[3] ~= '1' then
-      redis.call('HSET', key, 'state', 'SCHEDULED', 'ready_ts', retry_at, 'error', err)
-      -- abandoned attempts (their node died) are not failures: the retry count leaves them out
-      local failed = attempts - (tonumber(f[7]) or 0)
-      hist(uuid, f[4], 'SCHEDULED', t, attempts, node, 'retry ' .. failed .. ' of ' .. (f[6] or '0') ..
-           ' in ' .. string.format('%.3f', math.max(0, tonumber(retry_at) - t)) .. ' s')
-      push(key, uuid, t)
-      requeued = true
+  local f = hm(key, unpack(FINISH))
+  out[k] = 0
+  if f and f[1] == 'PROCESSING' and f[2] == node and (attempt == '' or f[5] == attempt) then
+    -- (what this script cannot do without: the full checks only if these fail)
+    if not (f[4] and f[4] ~= '' and tonumber(f[5]) and tonumber(f[8])) then
+      set_aside_fields(key, bad_fields(FINISH, f, '---siIIi'))
+      redis.call('ZREM', P .. 'running', uuid)
     else
-      if retry_at ~= '' then
-        state = 'CANCELED'
-        hist(uuid, f[4], 'CANCELED', t, attempts, node, 'canceled')
+      redis.call('ZREM', P .. 'running', uuid)
+      redis.call('HDEL', key, 'lease_ts')
+      local attempts = tonumber(f[5])
+      local d = err
+      if d == '' then d = detail end
+      hist(uuid, f[4], state, t, attempts, node, d)
+      if retry_at ~= '' and f[3] ~= '1' then
+        redis.call('HSET', key, 'state', 'SCHEDULED', 'ready_ts', retry_at, 'error', err)
+        -- abandoned attempts (their node died) are not failures: the retry count leaves them out
+        local failed = attempts - (tonumber(f[7]) or 0)
+        hist(uuid, f[4], 'SCHEDULED', t, attempts, node, 'retry ' .. failed .. ' of ' .. (f[6] or '0') ..
+             ' in ' .. string.format('%.3f', math.max(0, tonumber(retry_at) - t)) .. ' s')
+        push(key, uuid, t, f[4], f[8], retry_at)
+        requeued = true
+      else
+        if retry_at ~= '' then
+          state = 'CANCELED'
+          hist(uuid, f[4], 'CANCELED', t, attempts, node, 'canceled')
+        end
+        redis.call('HSET', key, 'state', state, 'finished_ts', string.format('%.6f', t), 'error', err)
+        if result ~= '' then redis.call('HSET', key, 'result', result) end
       end
-      redis.call('HSET', key, 'state', state, 'finished_ts', string.format('%.6f', t), 'error', err)
-      if result ~= '' then redis.call('HSET', key, 'result', result) end
+      out[k] = 1
     end
-    out[k] = 1
   end
 end
 wake(t)
@@ -401,19 +581,25 @@ return out
 
 --! release
 -- ARGV: prefix, node, uuids...
+local RELEASE = {'state', 'node', 'kind', 'attempts', 'priority', 'ready_ts'}
 local node = ARGV[2]
 local t = now()
 for i = 3, #ARGV do
   local uuid = ARGV[i]
   local key = P .. 'inst:' .. uuid
-  local f = redis.call('HMGET', key, 'state', 'node', 'kind', 'attempts')
-  if f[1] == 'PROCESSING' and f[2] == node then
-    redis.call('ZREM', P .. 'running', uuid)
-    redis.call('HDEL', key, 'lease_ts')
-    local a = math.max(0, tonumber(f[4]) - 1)
-    redis.call('HSET', key, 'state', 'SCHEDULED', 'attempts', a)
-    hist(uuid, f[3], 'SCHEDULED', t, a, node, 'released by node ' .. node)
-    push(key, uuid, t)
+  local f = hm(key, unpack(RELEASE))
+  if f and f[1] == 'PROCESSING' and f[2] == node then
+    local bad = bad_fields(RELEASE, f, '--siin')
+    if bad ~= '' then
+      set_aside_fields(key, bad)
+    else
+      redis.call('ZREM', P .. 'running', uuid)
+      redis.call('HDEL', key, 'lease_ts')
+      local a = math.max(0, tonumber(f[4]) - 1)
+      redis.call('HSET', key, 'state', 'SCHEDULED', 'attempts', a)
+      hist(uuid, f[3], 'SCHEDULED', t, a, node, 'released by node ' .. node)
+      push(key, uuid, t, f[3], f[5], f[6])
+    end
   end
 end
 wake(t)
@@ -421,12 +607,20 @@ flush()
 return 1
 
 --! cancel
--- ARGV: prefix, uuid, node -> hgetall of the instance after the change, or {} if none
+-- ARGV: prefix, uuid, node -> hgetall of the instance after the change, {} if none, or the reason (a
+-- string) if its key cannot be read (it is set aside)
+local CANCEL = {'state', 'cancel', 'kind', 'attempts', 'ready_ts', 'seq'}
 local uuid, node = ARGV[2], ARGV[3]
 local key = P .. 'inst:' .. uuid
-if redis.call('EXISTS', key) == 0 then return {} end
+local head = hm(key, 'state', 'schedule_id')
+if not head then return 'WRONGTYPE: the instance key is not a hash' end
+if not head[1] then
+  if redis.call('EXISTS', key) == 0 then return {} end
+  set_aside_fields(key, 'state')
+  return 'missing or invalid field(s): state'
+end
 local t = now()
-local sid = redis.call('HGET', key, 'schedule_id')
+local sid = head[2]
 local targets = {uuid}
 if sid and sid ~= '' then
   redis.call('SADD', P .. 'sched:canceled', sid)
@@ -434,14 +628,19 @@ if sid and sid ~= '' then
 end
 for _, u in ipairs(targets) do
   local k = P .. 'inst:' .. u
-  local f = redis.call('HMGET', k, 'state', 'cancel', 'kind', 'attempts', 'ready_ts', 'seq')
-  if f[1] == 'SCHEDULED' or f[1] == 'CREATED' then
-    redis.call('HSET', k, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
-    redis.call('ZREM', P .. 'delayed', u)
-    redis.call('ZREM', P .. 'ready', ready_member(tonumber(f[5]), tonumber(f[6]), u))
-    unqueue(f[3], u)
-    hist(u, f[3], 'CANCELED', t, tonumber(f[4]), node, 'canceled before it ran')
-  elseif f[1] == 'PROCESSING' and f[2] ~= '1' then
+  local f = hm(k, unpack(CANCEL))
+  if f and (f[1] == 'SCHEDULED' or f[1] == 'CREATED') then
+    local bad = bad_fields(CANCEL, f, '--s-ni')
+    if bad ~= '' then
+      set_aside_fields(k, bad)
+    else
+      redis.call('HSET', k, 'state', 'CANCELED', 'finished_ts', string.format('%.6f', t))
+      redis.call('ZREM', P .. 'delayed', u)
+      redis.call('ZREM', P .. 'ready', ready_member(tonumber(f[5]), tonumber(f[6]), u))
+      unqueue(f[3], u)
+      hist(u, f[3], 'CANCELED', t, tonumber(f[4]), node, 'canceled before it ran')
+    end
+  elseif f and f[1] == 'PROCESSING' and f[2] ~= '1' then
     redis.call('HSET', k, 'cancel', 1)
     redis.call('PUBLISH', P .. 'cancel', u)
   end
@@ -450,22 +649,79 @@ flush()
 return redis.call('HGETALL', key)
 
 --! clear
--- ARGV: prefix, uuids... -> how many removed (running ones are kept)
+-- ARGV: prefix, uuids... -> how many removed (running ones are kept; a key that cannot be read is
+-- set aside, never removed: drop_corrupt_record is the operator's way)
 local n = 0
 for i = 2, #ARGV do
   local uuid = ARGV[i]
   local key = P .. 'inst:' .. uuid
-  local f = redis.call('HMGET', key, 'state', 'schedule_id', 'kind')
-  if f[1] and f[1] ~= 'PROCESSING' then
-    if f[1] == 'SCHEDULED' then unqueue(f[3], uuid) end
-    redis.call('DEL', key)
-    redis.call('ZREM', P .. 'all', uuid)
-    redis.call('ZREM', P .. 'delayed', uuid)
-    if f[2] and f[2] ~= '' then redis.call('SREM', P .. 'sched:' .. f[2], uuid) end
-    n = n + 1
+  local f = hm(key, 'state', 'schedule_id', 'kind')
+  if f and f[1] and f[1] ~= 'PROCESSING' then
+    if f[1] == 'SCHEDULED' and not field_ok(f[3], 's') then
+      set_aside_fields(key, 'kind')
+    else
+      if f[1] == 'SCHEDULED' then unqueue(f[3], uuid) end
+      redis.call('DEL', key)
+      redis.call('ZREM', P .. 'all', uuid)
+      redis.call('ZREM', P .. 'delayed', uuid)
+      if f[2] and f[2] ~= '' then redis.call('SREM', P .. 'sched:' .. f[2], uuid) end
+      n = n + 1
+    end
   end
 end
 return n
+
+--! drop
+-- ARGV: prefix, key ('' or a key to delete), uuid ('' or the instance whose key that is), n, n reports
+-- to remove from the corrupt set, then pairs (sorted set, member): members to remove -> reports removed
+-- An operator's decision (Store.drop_corrupt_record), never the store's own: an instance's key goes
+-- with every index entry of the instance (the queue counters follow); history and log records that
+-- could not be decoded leave the indexes they were in. Nothing happens if no report was there.
+local key, uuid, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local removed = 0
+for i = 5, 4 + n do removed = removed + redis.call('SREM', P .. 'corrupt', ARGV[i]) end
+if removed == 0 then return 0 end
+for i = 5 + n, #ARGV - 1, 2 do redis.call('ZREM', ARGV[i], ARGV[i + 1]) end
+if key ~= '' then redis.call('DEL', key) end
+if uuid ~= '' then
+  redis.call('ZREM', P .. 'all', uuid)
+  redis.call('ZREM', P .. 'delayed', uuid)
+  redis.call('ZREM', P .. 'running', uuid)
+  for _, kind in ipairs(redis.call('HKEYS', P .. 'queued')) do
+    if redis.call('ZREM', P .. 'waiting:' .. kind, uuid) == 1 then redis.call('HINCRBY', P .. 'queued', kind, -1) end
+  end
+  -- its ready entry ({ready}:{seq}:{uuid}), if a claim did not pop it yet
+  local pattern = '*:' .. string.gsub(uuid, '[%*%?%[%]\\]', '\\%0')
+  local cursor = '0'
+  repeat
+    local r = redis.call('ZSCAN', P .. 'ready', cursor, 'MATCH', pattern, 'COUNT', 1000)
+    cursor = r[1]
+    for j = 1, #r[2], 2 do
+      if string.sub(r[2][j], 35) == uuid then redis.call('ZREM', P .. 'ready', r[2][j]) end
+    end
+  until cursor == '0'
+end
+return removed
+
+--! peek
+-- ARGV: prefix, key -> {type, hex...}: what the key holds with every string hex-encoded, for a report
+-- whose bytes the client could not decode losslessly (not UTF-8): a string's first 64 KiB; a hash's
+-- fields and values; the first 1,000 elements of a list, set or sorted set (with scores)
+local key = ARGV[2]
+local t = redis.call('TYPE', key)
+if type(t) == 'table' then t = t.ok or t[1] end
+local items = {}
+if t == 'string' then items = {redis.call('GETRANGE', key, 0, 65535)}
+elseif t == 'hash' then items = redis.call('HGETALL', key)
+elseif t == 'list' then items = redis.call('LRANGE', key, 0, 999)
+elseif t == 'set' then items = redis.call('SRANDMEMBER', key, 1000)
+elseif t == 'zset' then items = redis.call('ZRANGE', key, 0, 999, 'WITHSCORES')
+end
+local out = {tostring(t)}
+for _, v in ipairs(items) do
+  out[#out + 1] = (string.gsub(v, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+return out
 
 --! aside
 -- ARGV: prefix, uuids... : instances a node claimed but could not decode leave the running index (so

@@ -178,7 +178,7 @@ class RedisConnection(RespConnection):
         except (ReplyError, OSError, TimeoutError) as exc:
             raise StoreError(f"redis store: {args[0]} failed: {exc or type(exc).__name__}") from exc
 
-    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def pipeline(self, commands: Sequence[Sequence[Any]], *, raise_on_error: bool = True) -> list[Any]:
         if not commands:
             return []
         try:
@@ -187,9 +187,10 @@ class RedisConnection(RespConnection):
                                            self.options.timeout * max(1, len(commands) / 1000))
         except (ReplyError, OSError, TimeoutError) as exc:  # ReplyError: refused on reconnecting
             raise StoreError(f"redis store: pipeline failed: {exc or type(exc).__name__}") from exc
-        for reply in replies:
-            if isinstance(reply, ReplyError):
-                raise StoreError(f"redis store: pipeline failed: {reply}") from reply
+        if raise_on_error:  # else an error reply stays in its place, a ReplyError
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    raise StoreError(f"redis store: pipeline failed: {reply}") from reply
         return replies
 
     async def run_script(self, sha: str, script: str, args: Sequence[Any]) -> Any:

@@ -35,8 +35,8 @@ Logger.set_logger_config(LogLevel.ERROR)  # the Rust core otherwise prints WARN 
 
 def _text(value: Any) -> Any:
     """glide replies carry bytes; the shared store works with str."""
-    if isinstance(value, bytes):
-        return value.decode()
+    if isinstance(value, bytes):  # (bytes that are not UTF-8, in a record set aside, read as U+FFFD)
+        return value.decode(errors="replace")
     if isinstance(value, list):
         return [_text(v) for v in value]
     if isinstance(value, dict):
@@ -140,12 +140,14 @@ class ValkeyConnection(RespConnection):
         except GlideError as exc:
             raise StoreError(f"valkey store: {args[0]} failed: {exc}") from exc
 
-    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    async def pipeline(self, commands: Sequence[Sequence[Any]], *, raise_on_error: bool = True) -> list[Any]:
+        if not commands:
+            return []
         batch = Batch(is_atomic=False)
         for cmd in commands:
             batch.custom_command([str(a) for a in cmd])
-        try:
-            return _text(await self._c().exec(batch, raise_on_error=True)) or []
+        try:  # raise_on_error=False: an error reply stays in its place, a glide RequestError
+            return _text(await self._c().exec(batch, raise_on_error=raise_on_error)) or []
         except GlideError as exc:
             raise StoreError(f"valkey store: pipeline failed: {exc}") from exc
 
