@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from _store_bench import add_common_arguments, print_table, run_modes
-from gojob_core.testing.servers import find_redis_server, find_valkey_server, start_resp_server
+from gojob_store_resp.testing import find_redis_server, find_valkey_server, start_resp_server
 
 
 def _commandstats(port: int) -> tuple[int, int]:

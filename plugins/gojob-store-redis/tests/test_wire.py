@@ -13,8 +13,9 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from gojob_core import Job, Manager, Query, State, StoreError
-from gojob_core.testing.servers import Server, find_redis_server, start_resp_server
+from gojob_core.testing.servers import Server
 from gojob_store_redis import RedisStore
+from gojob_store_resp.testing import find_redis_server, start_resp_server
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The Valkey store: gojob_core.resp's layout and scripts over valkey-glide.
+"""The Valkey store: gojob_store_resp's layout and scripts over valkey-glide.
 
 glide multiplexes one connection per client, so a subscription (which blocks its connection) gets a
 client of its own; every request carries an explicit timeout (glide's default is 250 ms).
@@ -26,7 +26,7 @@ from glide import (
     TlsAdvancedConfiguration,
 )
 from gojob_core import StoreError
-from gojob_core.resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
+from gojob_store_resp import RespConnection, RespOptions, RespStore, RespSubscription, parse_resp_url
 
 __all__ = ["ValkeyConnection", "ValkeyStore"]
 

@@ -27,8 +27,8 @@ import redis.asyncio as aioredis
 from gojob_core import CorruptRecordError, Instance, Job, LogLevel, LogRecord, Manager, Query, State
 from gojob_core._instance import DEFAULT_MAX_ABANDONS
 from gojob_core.abc import Outcome, abandon_limit_message
-from gojob_core.resp import RespStore
 from gojob_core.testing.servers import Server
+from gojob_store_resp import RespStore
 
 pytestmark = pytest.mark.anyio
 

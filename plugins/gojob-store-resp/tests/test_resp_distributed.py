@@ -23,14 +23,15 @@ import pytest
 import redis.asyncio as aioredis
 from gojob_core import CorruptRecordError, Instance, Job, Manager, Query, State, StoreError
 from gojob_core.abc import Outcome, Store
-from gojob_core.resp import RespStore
 from gojob_core.testing.checks import (
     check_each_instance_runs_once,
     check_killed_worker_reruns,
     check_restart_under_load,
 )
 from gojob_core.testing.processes import Workers, wait_for
-from gojob_core.testing.servers import Server, find_redis_server, find_valkey_server, free_port, start_resp_server
+from gojob_core.testing.servers import Server, free_port
+from gojob_store_resp import RespStore
+from gojob_store_resp.testing import find_redis_server, find_valkey_server, start_resp_server
 from redis.exceptions import RedisError
 
 pytestmark = pytest.mark.anyio

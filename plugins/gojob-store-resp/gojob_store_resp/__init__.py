@@ -28,6 +28,8 @@ Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node server
 ``{p}sched:canceled``      SET canceled schedule ids (a chained occurrence of one is refused)
 ``{p}hist``                ZSET state records (JSON) by time; ``{p}hist:i:{uuid}`` per instance
 ``{p}logs``                ZSET log records (JSON) by time; ``{p}logs:i:{uuid}`` per instance
+``{p}layout``              STRING the key layout version (``LAYOUT_VERSION``), set by the first node;
+                           a node of another layout refuses to start
 ``{p}corrupt``             SET reports (JSON: key, reason, raw) of keys or members that could not be
                            read or decoded: set aside, left as they are, skipped by every script and
                            read; ``drop_corrupt_record`` (an operator's decision) deletes one
@@ -61,14 +63,12 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
+from gojob_core import CorruptRecordError, Instance, LogRecord, Query, State, StateRecord, StoreError
+from gojob_core._instance import DEFAULT_MAX_ABANDONS
+from gojob_core.abc import CorruptRecord, LeaseReport, Outcome, Store
 
-from .._instance import DEFAULT_MAX_ABANDONS, Instance
-from .._records import LogRecord, Query, StateRecord
-from .._state import State
-from ..abc import CorruptRecord, LeaseReport, Outcome, Store
-from ..errors import CorruptRecordError, StoreError
-
-__all__ = ["RespConnection", "RespOptions", "RespStore", "RespSubscription", "load_scripts", "parse_resp_url"]
+__all__ = ["LAYOUT_VERSION", "RespConnection", "RespOptions", "RespStore", "RespSubscription", "load_scripts",
+           "parse_resp_url"]
 
 _log = logging.getLogger("gojob.resp")
 _PAGE = 5000
@@ -216,6 +216,12 @@ class RespConnection(abc.ABC):
         """EVALSHA the script (no keys; loading it on NOSCRIPT)."""
 
 
+#: The key layout and scripts' version, kept in ``{p}layout``: a node refuses to start on keys of another
+#: layout (a change of layout is a new version; the Valkey and Redis plugins pin this distribution with a
+#: compatible-release range, so a node cannot mix them unnoticed).
+LAYOUT_VERSION = 1
+
+
 class RespStore(Store):
     """The store contract on Valkey or Redis (see the module docs for the key layout)."""
 
@@ -246,7 +252,8 @@ class RespStore(Store):
     async def start(self) -> None:
         try:
             await self.conn.connect()
-            await self.conn.execute("PING")
+            _, found = await self.conn.pipeline([("SET", self.p + "layout", LAYOUT_VERSION, "NX"),
+                                                 ("GET", self.p + "layout")])
         except StoreError:
             await self.conn.close()
             raise
@@ -254,6 +261,13 @@ class RespStore(Store):
             await self.conn.close()
             raise StoreError(f"{self.name} store: cannot connect to {self.options.host}:{self.options.port}: "
                              f"{type(exc).__name__}: {exc}") from exc
+        if str(found) != str(LAYOUT_VERSION):
+            await self.conn.close()
+            raise StoreError(
+                f"{self.name} store: the keys under prefix {self.p!r} on {self.options.host}:{self.options.port} "
+                f"have key layout version {found!r}, and this node's gojob-store-resp uses layout version "
+                f"{LAYOUT_VERSION}: nodes sharing a prefix must run one layout (upgrade them together, or give "
+                "this node another prefix)")
 
     async def stop(self) -> None:
         for node in list(self._regs):
