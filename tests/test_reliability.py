@@ -54,6 +54,7 @@ async def test_a_node_cut_off_from_the_store_stops_its_attempt_before_the_lease_
         inst = await cut.schedule_job(job)
         with anyio.fail_after(10):
             await started.wait()
+        await cut.resize_workers(0)  # the running attempt goes on; this node claims nothing more
         store.cut = True
         with anyio.fail_after(10):
             await stopped.wait()
@@ -66,7 +67,6 @@ async def test_a_node_cut_off_from_the_store_stops_its_attempt_before_the_lease_
         store.cut = False
         async with Manager(store, num_workers=1, node_id="other", lease_time=lease, autoload_plugins=False) as other:
             await other.register_job(job)
-            await cut.resize_workers(0)
             done = await other.wait(inst, timeout=10)
     assert done.state is State.COMPLETED and done.result == "other" and done.attempts == 2
     assert [r[:2] for r in runs] == [("cut", 1), ("stopped", 1), ("other", 2)]
@@ -236,3 +236,46 @@ async def test_records_set_aside_are_a_gauge() -> None:
         with anyio.fail_after(10):
             while b"go_job_corrupt_records 1.0" not in mgr.metrics.exposition():
                 await anyio.sleep(0.02)
+
+
+class _SlowClaimStore(MemoryStore):
+    """A memory store whose claims wait for a signal after taking the instances: the pool is resized while
+    a claim is out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claimed = anyio.Event()
+        self.go_on = anyio.Event()
+        self.hold = False
+
+    async def claim(self, node: str, limit: int, lease: float) -> list[Instance]:
+        got = await super().claim(node, limit, lease)
+        if got and self.hold:
+            self.claimed.set()
+            await self.go_on.wait()
+        return got
+
+
+async def test_instances_claimed_while_the_pool_shrinks_go_back_to_the_queue() -> None:
+    store = _SlowClaimStore()
+    async with Manager(store, num_workers=0, node_id="producer", autoload_plugins=False) as producer:
+        job = Job(kind="rel.shrink", executor=lambda: None)
+        insts = await producer.schedule_many(job, [(), (), ()])
+        store.hold = True
+        async with Manager(store, num_workers=3, node_id="shrinking", autoload_plugins=False) as node:
+            await node.register_job(job)
+            with anyio.fail_after(10):
+                await store.claimed.wait()  # three claimed, the reply not yet back
+            await node.resize_workers(0)
+            store.hold = False
+            store.go_on.set()
+            with anyio.fail_after(10):
+                while len(await store.list_instances(Query(kind="rel.shrink", state=State.SCHEDULED))) < 3:
+                    await anyio.sleep(0.01)
+            assert node._running == {}
+        hist = await store.lookup_history(Query(kind="rel.shrink", state=State.SCHEDULED))
+        assert sorted(h.detail or "" for h in hist).count("released by node shrinking") == 3
+        async with Manager(store, num_workers=3, node_id="other", autoload_plugins=False) as other:
+            await other.register_job(job)
+            for inst in insts:
+                assert (await other.wait(inst, timeout=10)).state is State.COMPLETED

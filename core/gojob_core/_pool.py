@@ -79,6 +79,13 @@ class Pool:
 
     def _dispatch(self, insts: list[Instance]) -> None:
         """Hand claimed instances to the workers (they count against the pool at once)."""
+        room = max(0, self._target - self._in_flight)
+        if len(insts) > room:
+            # the pool shrank while the claim was out (resize_workers): the retiring workers would leave
+            # the surplus in the stream, held under a lease nobody runs; it goes back to the queue
+            insts, extra = insts[:room], insts[room:]
+            assert self._tg is not None
+            self._tg.start_soon(self._hand_back, [i.uuid for i in extra])
         lease_until = anyio.current_time() + self.lease_time * _LEASE_MARGIN
         for inst in insts:
             old = self._running.get(inst.uuid)
@@ -100,6 +107,14 @@ class Pool:
                 old.ended = old.ended or anyio.Event()
                 run.previous = old
             self._send.send_nowait(inst)
+
+    async def _hand_back(self, uuids: list[str]) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.store.release(self.node_id, uuids)
+            except (StoreError, OSError) as exc:
+                self._report(f"handing back {len(uuids)} instances claimed beyond the pool failed: {exc!r}; "
+                             "their leases will expire")
 
     async def _worker_loop(self, worker: Worker) -> None:
         recv = self._recv
