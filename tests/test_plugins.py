@@ -967,3 +967,67 @@ async def test_a_failing_stopping_hook_is_logged_and_the_stop_stays_graceful(cap
     assert (await mgr.store.get_instance(inst.uuid)).state is State.COMPLETED  # type: ignore[union-attr]
     assert any("gojob_manager_stopping hook failed" in r.getMessage() and "stopping anyway" in r.getMessage()
                for r in caplog.records)
+
+
+# -- headers and the scheduling hook -------------------------------------------------------------------------------
+async def test_headers_travel_from_the_schedule_call_and_the_scheduling_hook_to_the_executor() -> None:
+    seen: list[dict[str, str]] = []
+
+    class Stamp:
+        @hookimpl
+        def gojob_instance_scheduling(self, manager: Manager, instance: Instance) -> None:
+            instance.headers["stamped-by"] = manager.node_id
+
+    async def body(inst: Instance) -> None:
+        seen.append(dict(inst.headers))
+
+    store = MemoryStore()
+    async with _mgr(Stamp(), store=store, node_id="a") as producer, \
+            Manager(store, num_workers=1, node_id="b", autoload_plugins=False) as runner:
+        job = Job(kind="headers.body", executor=body)
+        await runner.register_job(job)
+        await producer.resize_workers(0)
+        inst = await producer.schedule_job(job, headers={"request-id": "r-42"})
+        assert inst.headers == {"request-id": "r-42", "stamped-by": "a"}
+        done = await producer.wait(inst, timeout=10)
+        assert done.headers == {"request-id": "r-42", "stamped-by": "a"}
+    assert seen == [{"request-id": "r-42", "stamped-by": "a"}]  # on the other node, from the store
+
+
+async def test_the_next_cron_occurrence_carries_the_headers_and_passes_the_hook_again() -> None:
+    calls: list[str] = []
+
+    class Count:
+        @hookimpl
+        def gojob_instance_scheduling(self, instance: Instance) -> None:
+            calls.append(instance.uuid)
+
+    async with _mgr(Count()) as mgr:
+        first = await mgr.schedule_job(Job(kind="headers.cron", executor=lambda: None), crontab_spec="* * * * *",
+                                       headers={"k": "v"})
+        await mgr._chain_next_occurrence(first)
+        [follow] = [i for i in await mgr.lookup_instances(gojob_core.Query(kind="headers.cron")) if i.uuid != first.uuid]
+    assert follow.headers == {"k": "v"} and calls == [first.uuid, follow.uuid]
+
+
+async def test_bad_headers_are_refused_at_the_call() -> None:
+    async with _mgr() as mgr:
+        job = Job(kind="headers.bad", executor=lambda: None)
+        for bad, shown in (({"n": 1}, "'n': 1"), (["x"], "['x']")):
+            with pytest.raises(gojob_core.ScheduleError, match=r"job 'headers.bad': headers must") as caught:
+                await mgr.schedule_job(job, headers=bad)  # type: ignore[arg-type]
+            assert shown in str(caught.value)
+        assert await mgr.lookup_instances(gojob_core.Query(kind="headers.bad")) == []
+
+
+async def test_a_failing_scheduling_hook_is_reported_and_the_instance_is_scheduled(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Broken:
+        @hookimpl
+        def gojob_instance_scheduling(self, instance: Instance) -> None:
+            raise Boom("no headers today")
+
+    async with _mgr(Broken()) as mgr:
+        inst = await mgr.schedule_job(Job(kind="headers.broken", executor=lambda: None))
+        assert (await mgr.wait(inst, timeout=10)).state is State.COMPLETED
+    assert any("gojob_instance_scheduling" in r.getMessage() for r in caplog.records)

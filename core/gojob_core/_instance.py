@@ -21,7 +21,7 @@ LogSink = Callable[["Instance", LogLevel, str], None]
 _FIELDS = (
     "uuid", "kind", "args", "kwargs", "priority", "state", "attempts", "max_retries", "timeout",
     "created_ts", "ready_ts", "started_ts", "finished_ts", "result", "error", "node", "lease_ts",
-    "cancel_requested", "crontab_spec", "timezone", "schedule_id", "seq", "abandoned", "max_abandons",
+    "cancel_requested", "crontab_spec", "timezone", "schedule_id", "seq", "abandoned", "max_abandons", "headers",
 )
 
 #: How many abandoned attempts (its node died or lost the store while running it) an instance may have
@@ -64,6 +64,7 @@ class Instance:
     seq: int
     abandoned: int
     max_abandons: int | None
+    headers: dict[str, str]
 
     def __init__(
         self,
@@ -92,6 +93,7 @@ class Instance:
         seq: int = 0,
         abandoned: int = 0,
         max_abandons: int | None = DEFAULT_MAX_ABANDONS,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.uuid = uuid
         self.kind = kind
@@ -119,6 +121,9 @@ class Instance:
         self.abandoned = abandoned
         #: after this many abandoned attempts the instance ends TERMINATED (None: no limit)
         self.max_abandons = max_abandons
+        #: string metadata carried with the instance through every store, set when it is scheduled: for
+        #: plugins (an OpenTelemetry trace context) and applications (a tenant, a request id)
+        self.headers = headers if headers is not None else {}
         self._sink: LogSink | None = None
 
     # -- reading ---------------------------------------------------------------------------------
@@ -202,6 +207,7 @@ class Instance:
         new.seq = self.seq
         new.abandoned = self.abandoned
         new.max_abandons = self.max_abandons
+        new.headers = self.headers
         new._sink = None
         return new
 
@@ -223,6 +229,10 @@ class Instance:
             new.args = []
         if new.kwargs is None:
             new.kwargs = {}
+        if new.headers is None:
+            new.headers = {}
+        elif not isinstance(new.headers, dict):
+            raise ValueError(f"headers must be an object, got {type(new.headers).__name__}")
         new.abandoned = int(new.abandoned or 0)
         if new.max_abandons is not None:
             new.max_abandons = int(new.max_abandons)

@@ -321,6 +321,7 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
         timeout: float | _dt.timedelta | None = _UNSET,
         backoff_strategy: BackoffStrategy | None = None,
         terminate_processor: TerminateProcessor | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Instance:
         """Schedule one instance of a job (registering the job first if its kind is new).
 
@@ -328,7 +329,9 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
         now by default, or ``schedule_at`` (a datetime; a naive one is local time), or
         ``schedule_after`` (seconds or a timedelta), or ``crontab_spec`` (recurring, in ``timezone``,
         default local time; see :mod:`gojob_core._cron` for DST days). Every other option overrides
-        the job's default for this instance. Bad input raises before anything is written.
+        the job's default for this instance. ``headers`` (strings to strings) travel with the
+        instance through the store, to the node that runs it and to every query (plugins may add
+        theirs, such as a trace context). Bad input raises before anything is written.
 
         A recurring schedule is identified by (kind, spec, timezone, arguments): scheduling it again,
         from this node or another sharing the store, does not double it. The returned instance is
@@ -337,7 +340,7 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
         insts = await self._schedule(job, [arguments], schedule_at=schedule_at, schedule_after=schedule_after,
                                      crontab_spec=crontab_spec, timezone=timezone, priority=priority,
                                      max_retries=max_retries, timeout=timeout, backoff_strategy=backoff_strategy,
-                                     terminate_processor=terminate_processor)
+                                     terminate_processor=terminate_processor, headers=headers)
         return insts[0]
 
     async def schedule_registered_job(self, kind: str, **options: Any) -> Instance:

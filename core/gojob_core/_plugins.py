@@ -61,12 +61,14 @@ class Plugins:
         self._hook = pm.hook
         self._state_changed_impls: list[tuple[Any, tuple[int, ...]]] | None = None
         self._completed_impls: list[tuple[Any, tuple[int, ...]]] | None = None
+        self._scheduling_impls: list[tuple[Any, tuple[int, ...]]] | None = None
 
     def freeze(self) -> None:
         """Resolve the per-instance hooks once (called at Manager start): they run several times per
         instance, so they skip pluggy's generic dispatch when no implementation is a wrapper."""
         self._state_changed_impls = self._direct("gojob_instance_state_changed", ("manager", "instance", "state"))
         self._completed_impls = self._direct("gojob_instance_completed", ("manager", "instance", "results"))
+        self._scheduling_impls = self._direct("gojob_instance_scheduling", ("manager", "instance"))
 
     def _direct(self, name: str, argorder: tuple[str, ...]) -> list[tuple[Any, tuple[int, ...]]] | None:
         impls = getattr(self._hook, name).get_hookimpls()
@@ -118,6 +120,12 @@ class Plugins:
         if impls != []:
             self._each("gojob_instance_state_changed", impls, ("manager", "instance", "state"),
                        (manager, instance, state))
+
+    def scheduling(self, manager: Manager, instances: list[Instance]) -> None:
+        impls = self._scheduling_impls
+        if impls != []:
+            for instance in instances:
+                self._each("gojob_instance_scheduling", impls, ("manager", "instance"), (manager, instance))
 
     def completed(self, manager: Manager, instance: Instance, results: list[Any]) -> None:
         impls = self._completed_impls

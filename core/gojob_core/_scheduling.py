@@ -39,7 +39,8 @@ class Scheduling:
                         crontab_spec: str | None = None, timezone: Any = None, priority: int | None = None,
                         max_retries: int | None = None, timeout: Any = _UNSET,
                         backoff_strategy: BackoffStrategy | None = None,
-                        terminate_processor: TerminateProcessor | None = None) -> list[Instance]:
+                        terminate_processor: TerminateProcessor | None = None,
+                        headers: dict[str, str] | None = None) -> list[Instance]:
         self._require_started()
         if not isinstance(job, Job):
             raise InvalidJobError(f"schedule_job expects a gojob.Job, got {job!r}")
@@ -98,6 +99,13 @@ class Scheduling:
             if fn is not None and not callable(fn):
                 raise ScheduleError(f"job {kind!r}: {name} must be callable, got {fn!r}")
 
+        if headers is not None:
+            if not isinstance(headers, dict):
+                raise ScheduleError(f"job {kind!r}: headers must be a dict of strings, got {headers!r}")
+            for k, v in headers.items():
+                if not isinstance(k, str) or not isinstance(v, str):
+                    raise ScheduleError(f"job {kind!r}: headers must map strings to strings, got {k!r}: {v!r}")
+
         # -- arguments, bound and coerced (raises ArgumentError naming kind, parameter, value) --
         bound = [sig.bind(*_split_arguments(a)) for a in items]
 
@@ -119,8 +127,9 @@ class Scheduling:
                                   state=State.SCHEDULED, max_retries=retries, timeout=tmo_s, created_ts=ts,
                                   ready_ts=ready, crontab_spec=cron.spec if cron else None,
                                   timezone=cron.tz_name if cron else None, schedule_id=sid,
-                                  max_abandons=job.max_abandons))
+                                  max_abandons=job.max_abandons, headers=dict(headers or {})))
             insts[-1]._sink = self._log_sink
+        self.plugins.scheduling(self, insts)
         if backoff_strategy is not None or terminate_processor is not None:
             ov = _Overrides(backoff_strategy, terminate_processor)
             for inst in insts:
@@ -174,7 +183,9 @@ class Scheduling:
                           kwargs=inst.kwargs, priority=inst.priority, state=State.SCHEDULED,
                           max_retries=inst.max_retries, timeout=inst.timeout, created_ts=now(), ready_ts=nxt,
                           crontab_spec=inst.crontab_spec, timezone=inst.timezone, schedule_id=inst.schedule_id,
-                          max_abandons=inst.max_abandons)
+                          max_abandons=inst.max_abandons, headers=dict(inst.headers))
+        follow._sink = self._log_sink
+        self.plugins.scheduling(self, [follow])
         [added] = await self.store.enqueue([follow], node=self.node_id, chained=True)
         job = self._jobs.get(inst.kind)
         if added and job is not None:

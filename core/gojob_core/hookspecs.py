@@ -9,8 +9,8 @@ Two shapes of hook:
 - *registration* hooks run once when a Manager is built or started, return classes or objects, and
   do no I/O: :func:`gojob_register_stores`, :func:`gojob_register_jobs`,
   :func:`gojob_register_metrics`, :func:`gojob_executor_runner`.
-- *event and decision* hooks run per instance: :func:`gojob_instance_state_changed`,
-  :func:`gojob_instance_completed`, :func:`gojob_instance_terminated`, :func:`gojob_backoff_delay`.
+- *event and decision* hooks run per instance: :func:`gojob_instance_scheduling`,
+  :func:`gojob_instance_state_changed`, :func:`gojob_instance_completed`, :func:`gojob_instance_terminated`, :func:`gojob_backoff_delay`.
 
 Lifecycle hooks (:func:`gojob_manager_started`, :func:`gojob_manager_stopping`) may return an
 awaitable, which the Manager awaits. Hook arguments are only ever added, never removed or renamed.
@@ -114,6 +114,20 @@ def gojob_instance_state_changed(manager: Manager, instance: Instance, state: St
     :param state: the state it entered.
 
     .. versionadded:: 0.1
+    """
+
+
+@_spec
+def gojob_instance_scheduling(manager: Manager, instance: Instance) -> None:
+    """An instance is about to be written to the store by this node (scheduled, or the next occurrence of
+    a recurring schedule): the last moment to add to ``instance.headers``, which travel with it through
+    every store to the node that runs it (a trace context, say). Called once per instance, so keep it
+    quick; a failure is reported and the instance is scheduled all the same.
+
+    :param manager: the node that schedules it.
+    :param instance: the instance, SCHEDULED, not yet in the store.
+
+    .. versionadded:: 0.2
     """
 
 

@@ -380,6 +380,19 @@ class StoreConformance:
             (State.CREATED, 0, None), (State.SCHEDULED, 0, None), (State.PROCESSING, 1, "n1"),
             (State.SCHEDULED, 1, "live"), (State.PROCESSING, 2, "n1"), (State.COMPLETED, 2, "n1")]
 
+    async def test_headers_round_trip(self, store: Store) -> None:
+        plain, marked = _inst(), _inst()
+        marked.headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                          "tenant": "ünï", "empty": ""}
+        await store.enqueue([plain, marked])
+        got = {i.uuid: i.headers for i in await store.list_instances(Query())}
+        assert got == {plain.uuid: {}, marked.uuid: marked.headers}
+        claimed = {i.uuid: i.headers for i in await _claim_all(store, "n1")}
+        assert claimed == got
+        assert await store.finish("n1", [Outcome(marked.uuid, State.COMPLETED, attempt=1)]) == [True]
+        final = await store.get_instance(marked.uuid)
+        assert final is not None and final.headers == marked.headers
+
     async def test_max_abandons_round_trips(self, store: Store) -> None:
         a, b, c = _inst(max_abandons=None), _inst(max_abandons=7), _inst()
         await store.enqueue([a, b, c])

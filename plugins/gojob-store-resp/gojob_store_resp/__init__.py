@@ -843,8 +843,11 @@ def _num(x: float | int) -> str:
 
 def _fixed_part(inst: Instance) -> str:
     """The hash field ``d``: what never changes after enqueue and no script reads, as one JSON value."""
-    return json.dumps({"args": inst.args, "kwargs": inst.kwargs, "timeout": inst.timeout,
-                       "crontab_spec": inst.crontab_spec, "timezone": inst.timezone, "created_ts": inst.created_ts})
+    d = {"args": inst.args, "kwargs": inst.kwargs, "timeout": inst.timeout, "crontab_spec": inst.crontab_spec,
+         "timezone": inst.timezone, "created_ts": inst.created_ts}
+    if inst.headers:
+        d["headers"] = inst.headers
+    return json.dumps(d)
 
 
 def _first_score(reply: Any) -> float:
@@ -940,7 +943,16 @@ def _instance_from_hash(h: dict[str, str]) -> Instance:
         cancel_requested=h.get("cancel") == "1", crontab_spec=d["crontab_spec"],
         timezone=d["timezone"], schedule_id=h.get("schedule_id") or None, seq=int(h.get("seq") or 0),
         abandoned=int(h.get("abandoned") or 0), max_abandons=_max_abandons(h.get("max_abandons")),
+        headers=_headers(d.get("headers")),
     )
+
+
+def _headers(v: Any) -> dict[str, str]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ValueError(f"headers must be an object, got {type(v).__name__}")
+    return v
 
 
 def _max_abandons(v: str | None) -> int | None:
