@@ -10,7 +10,8 @@ Two shapes of hook:
   do no I/O: :func:`gojob_register_stores`, :func:`gojob_register_jobs`,
   :func:`gojob_register_metrics`, :func:`gojob_executor_runner`.
 - *event and decision* hooks run per instance: :func:`gojob_instance_scheduling`,
-  :func:`gojob_instance_state_changed`, :func:`gojob_instance_completed`, :func:`gojob_instance_terminated`, :func:`gojob_backoff_delay`.
+  :func:`gojob_instance_state_changed`, :func:`gojob_instance_completed`,
+  :func:`gojob_instance_terminated`, :func:`gojob_backoff_delay`.
 
 Lifecycle hooks (:func:`gojob_manager_started`, :func:`gojob_manager_stopping`) may return an
 awaitable, which the Manager awaits. Hook arguments are only ever added, never removed or renamed.
