@@ -33,7 +33,7 @@ async def test_a_node_of_another_key_layout_is_refused(kind: str, request: pytes
         with pytest.raises(StoreError) as caught:
             await mgr.start()
         message = str(caught.value)
-        assert f"layout version '0'" in message and f"layout version {LAYOUT_VERSION}" in message
+        assert "layout version '0'" in message and f"layout version {LAYOUT_VERSION}" in message
         assert prefix in message
         assert await raw.get(f"{prefix}layout") == "0"  # nothing overwritten
     finally:
