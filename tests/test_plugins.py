@@ -1006,7 +1006,8 @@ async def test_the_next_cron_occurrence_carries_the_headers_and_passes_the_hook_
         first = await mgr.schedule_job(Job(kind="headers.cron", executor=lambda: None), crontab_spec="* * * * *",
                                        headers={"k": "v"})
         await mgr._chain_next_occurrence(first)
-        [follow] = [i for i in await mgr.lookup_instances(gojob_core.Query(kind="headers.cron")) if i.uuid != first.uuid]
+        found = await mgr.lookup_instances(gojob_core.Query(kind="headers.cron"))
+        [follow] = [i for i in found if i.uuid != first.uuid]
     assert follow.headers == {"k": "v"} and calls == [first.uuid, follow.uuid]
 
 
