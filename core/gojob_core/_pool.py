@@ -77,9 +77,10 @@ class Pool:
             # bookkeeping, or a round trip, would otherwise come first)
             await anyio.lowlevel.checkpoint()
 
-    def _dispatch(self, insts: list[Instance]) -> None:
-        """Hand claimed instances to the workers (they count against the pool at once)."""
-        room = max(0, self._target - self._in_flight)
+    def _dispatch(self, insts: list[Instance], freed: int = 0) -> None:
+        """Hand claimed instances to the workers (they count against the pool at once). ``freed``: slots of
+        a finish batch whose workers have not let go of them yet, which its claim filled."""
+        room = max(0, self._target - self._in_flight + freed - self._reserved)
         if len(insts) > room:
             # the pool shrank while the claim was out (resize_workers): the retiring workers would leave
             # the surplus in the stream, held under a lease nobody runs; it goes back to the queue
@@ -232,7 +233,7 @@ class _FinishBatcher:
                                                           m.lease_time)
             if free > 0:
                 m._starved = len(claimed) < free
-            m._dispatch(claimed)
+            m._dispatch(claimed, freed)
         except Exception as exc:
             for _, s in batch:
                 _answer(s, False, exc)
