@@ -1,0 +1,209 @@
+"""A real PostgreSQL server for tests: on a free loopback port, in a temporary data directory, stopped
+by PID (pytest plugin: the ``postgres_server`` session fixture; or call :func:`start_postgres`).
+
+The binaries (``initdb``, ``postgres``) are found as ``$GOJOB_POSTGRES_BINDIR``, then the directory of
+``postgres`` on PATH, then the newest of Debian's ``/usr/lib/postgresql/*/bin`` (``apt-get install
+postgresql``). A missing binary is an error, never a skip.
+
+PostgreSQL refuses to run as root: run as root (as CI does), the server is started as the ``postgres``
+user (``$GOJOB_POSTGRES_USER`` to name another), in a data directory that user owns; otherwise as the
+current user. The server is tuned for tests (fsync off, no full-page writes, synchronous commit off);
+clients connect over TCP on 127.0.0.1 with trust authentication, as the superuser ``postgres``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = ["PostgresServer", "find_postgres_bindir", "postgres_server", "start_postgres"]
+
+SUPERUSER = "postgres"
+
+
+def find_postgres_bindir() -> str | None:
+    """The directory holding ``initdb`` and ``postgres``, or None."""
+    env = os.environ.get("GOJOB_POSTGRES_BINDIR")
+    if env:
+        return env
+    on_path = shutil.which("postgres")
+    if on_path and os.path.exists(os.path.join(os.path.dirname(on_path), "initdb")):
+        return os.path.dirname(on_path)
+
+    def version(d: str) -> tuple[int, ...]:
+        part = d.split("/")[-2]
+        return tuple(int(x) for x in part.split(".") if x.isdigit())
+
+    found = [d for d in glob.glob("/usr/lib/postgresql/*/bin") if os.path.exists(os.path.join(d, "postgres"))]
+    return max(found, key=version) if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL server this test session started; ``stop()`` ends it by PID."""
+
+    bindir: str
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    user: tuple[int, int] | None = None  # (uid, gid) it runs as, when started by root
+    host: str = "127.0.0.1"
+    argv: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def datadir(self) -> Path:
+        return self.workdir / "data"
+
+    def url(self, scheme: str = "postgresql", database: str = "postgres", **params: Any) -> str:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"{scheme}://{SUPERUSER}@{self.host}:{self.port}/{database}" + (f"?{query}" if query else "")
+
+    def _spawn(self) -> None:
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - the child owns it
+        try:
+            kw: dict[str, Any] = {}
+            if self.user is not None:
+                kw = {"user": self.user[0], "group": self.user[1], "extra_groups": []}
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.workdir, start_new_session=True, env=_env(), **kw)
+        finally:
+            log.close()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                break
+            if _accepts(self.port):
+                return
+            time.sleep(0.05)
+        log = (self.workdir / "server.log").read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"postgres did not start on port {self.port}:\n{log}")
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        """Stop the server (SIGINT: PostgreSQL's fast shutdown, which ends client sessions)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same data (what was committed survives)."""
+        self.stop()
+        self._spawn()
+        self._wait_ready()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LC_", "LANG"))}
+    env["LC_ALL"] = "C"
+    return env
+
+
+def _accepts(port: int) -> bool:
+    """Whether the server on ``port`` lets the superuser in: a startup packet answered with an
+    authentication request ("R"), not an error such as "the database system is starting up"."""
+    body = (196608).to_bytes(4, "big") + b"user\0" + SUPERUSER.encode() + b"\0database\0postgres\0\0"
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall((len(body) + 4).to_bytes(4, "big") + body)
+            first = s.recv(1)
+            if first == b"R":
+                s.sendall(b"X" + (4).to_bytes(4, "big"))  # Terminate
+            return first == b"R"
+    except OSError:
+        return False
+
+
+def start_postgres(workdir: Path | None = None, *, bindir: str | None = None) -> PostgresServer:
+    """initdb a fresh data directory and start ``postgres`` on a free loopback port (retrying a raced
+    port). ``workdir`` defaults to a new directory under the system's temporary directory (which the
+    ``postgres`` user, when root starts it, can reach)."""
+    bindir = bindir or find_postgres_bindir()
+    if bindir is None or not os.path.exists(os.path.join(bindir, "postgres")):
+        raise RuntimeError("no PostgreSQL server binaries found (apt-get install postgresql, or set "
+                           "GOJOB_POSTGRES_BINDIR to the directory holding initdb and postgres); "
+                           "these tests need a real server")
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="gojob-pg-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    user: tuple[int, int] | None = None
+    if os.geteuid() == 0:
+        name = os.environ.get("GOJOB_POSTGRES_USER", "postgres")
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise RuntimeError(f"PostgreSQL refuses to run as root and there is no user {name!r} to run it as "
+                               "(apt-get install postgresql creates 'postgres'; or set GOJOB_POSTGRES_USER)") from None
+        user = (pw.pw_uid, pw.pw_gid)
+        os.chown(workdir, *user)
+        os.chmod(workdir, 0o700)
+    server = PostgresServer(bindir, workdir, 0, user=user)
+    kw: dict[str, Any] = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
+    init = subprocess.run([os.path.join(bindir, "initdb"), "-D", str(server.datadir), "-U", SUPERUSER,
+                           "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+                          capture_output=True, cwd=workdir, env=_env(), timeout=120, **kw)
+    if init.returncode != 0:
+        raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout.decode(errors='replace')}\n"
+                           f"{init.stderr.decode(errors='replace')}")
+    last: Exception | None = None
+    for _ in range(3):
+        server.port = _free_port()
+        server.argv = [os.path.join(bindir, "postgres"), "-D", str(server.datadir), "-p", str(server.port),
+                       "-k", str(workdir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                       "-c", "full_page_writes=off", "-c", "synchronous_commit=off", "-c", "max_connections=300",
+                       "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning", "-c", "logging_collector=off",
+                       "-c", "deadlock_timeout=200ms"]
+        server._spawn()
+        try:
+            server._wait_ready()
+            return server
+        except RuntimeError as exc:  # a port taken meanwhile, say (_wait_ready stopped it)
+            last = exc
+    server.cleanup()
+    raise RuntimeError(f"could not start postgres: {last}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (Debian's postgresql in CI); tests share it, each with a
+    schema or table prefix of its own."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.cleanup()
