@@ -1,10 +1,12 @@
 """Fixtures of the fault suite (issue 19): the stores, clusters of nodes on them, dedicated servers.
 
 Every scenario runs on every store it makes sense for: ``memory`` (several Managers sharing one
-MemoryStore in this process; a kill is ``stop(abandon=True)``), ``valkey``, ``redis`` and ``etcd`` (nodes
-are OS processes; a kill is SIGKILL). The network stores use the session's servers (a key prefix per
-test) or, for the restart scenario, a server of the test's own with persistence on. Servers and nodes are
-stopped by PID.
+MemoryStore in this process; a kill is ``stop(abandon=True)``), ``valkey``, ``redis``, ``etcd``,
+``postgres`` and ``sqlite`` (nodes are OS processes; a kill is SIGKILL). The network stores use the
+session's servers (a key prefix per test; PostgreSQL: a schema per test) or, for the restart scenario, a
+server of the test's own with persistence on (PostgreSQL: its data directory kept). SQLite has no server:
+the nodes of a test share one database file in the test's directory, on this host. Servers and nodes
+are stopped by PID.
 
 asyncio only: redis-py's asyncio client does not run on trio, and the scenarios are about processes and
 stores, not event loops.
@@ -28,6 +30,7 @@ if str(HERE) not in sys.path:
 
 from fault_support import LEASE, STORES, Cluster, MemoryCluster, ProcessCluster, store_url  # noqa: E402
 from gojob_core.testing.servers import Server, find_etcd, start_etcd_server  # noqa: E402
+from gojob_store_postgres.testing import PostgresServer, postgres_server, start_postgres  # noqa: E402, F401
 from gojob_store_resp.testing import find_redis_server, find_valkey_server, start_resp_server  # noqa: E402
 
 
@@ -46,10 +49,20 @@ def store(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def dedicated_server(store: str, tmp_path: Path) -> Iterator[Server | None]:
-    """A server of this test's own (Valkey/Redis with AOF, etcd with its data dir), for restarts."""
-    if store == "memory":
+def dedicated_server(store: str, tmp_path: Path) -> Iterator[Server | PostgresServer | None]:
+    """A server of this test's own (Valkey/Redis with AOF, etcd and PostgreSQL with their data dirs), for
+    restarts. ``restart()`` stops it and starts it again on the same port with the same data."""
+    if store in ("memory", "sqlite"):
         yield None
+        return
+    if store == "postgres":
+        # in a directory of the system's temporary one, which the postgres user (root runs the server
+        # as that user) can reach, unlike pytest's tmp_path
+        pg = start_postgres()
+        try:
+            yield pg
+        finally:
+            pg.cleanup()
         return
     if store == "etcd":
         binary = find_etcd()
@@ -75,10 +88,17 @@ def cluster(store: str, request: pytest.FixtureRequest,
     The nodes and the client are stopped when the block ends (in the test's own task: a Manager must be
     stopped by the task that started it); any node process still alive at teardown is killed by PID."""
     made: list[Cluster] = []
-    shared: Server | None = None if store == "memory" else request.getfixturevalue(f"{store}_server")
+    shared: Server | PostgresServer | Path | None
+    if store == "memory":
+        shared = None
+    elif store == "sqlite":
+        shared = tmp_path  # the database file's directory: no server
+    else:  # valkey_server, redis_server, etcd_server (the root conftest's plugins), postgres_server (above)
+        shared = request.getfixturevalue(f"{store}_server")
 
     @contextlib.asynccontextmanager
-    async def open_cluster(*, server: Server | None = None, lease: float | None = None) -> AsyncIterator[Cluster]:
+    async def open_cluster(*, server: Server | PostgresServer | None = None,
+                           lease: float | None = None) -> AsyncIterator[Cluster]:
         out = tmp_path / f"run{len(made)}"
         out.mkdir()
         lease = lease or LEASE[store]
