@@ -216,7 +216,7 @@ class _Running:
         self.returned = False  # the worker is done with this attempt (its outcome may still be being written)
         self.ended: anyio.Event | None = None  # made when a newer attempt must wait for this one to return
         self.previous: _Running | None = None  # an older attempt of the same instance still running here
-        #: anyio clock time by which this node must have renewed the lease, or stop the attempt itself
+        #: ``time.monotonic()`` by which this node must have renewed the lease, or stop the attempt itself
         #: (the store may hand the instance to another node, or to this one again, soon after)
         self.lease_until = lease_until
 

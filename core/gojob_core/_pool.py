@@ -7,6 +7,7 @@ A mixin of :class:`~gojob_core.Manager`; ``resize_workers`` and ``workers`` are 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ __all__: list[str] = []  # internal: the Manager is the public face
 _log = logging.getLogger("gojob")
 
 
+_monotonic = time.monotonic
 _RETIRE: Any = None  # sent to the worker stream to retire one worker
 
 
@@ -87,7 +89,7 @@ class Pool:
             insts, extra = insts[:room], insts[room:]
             assert self._tg is not None
             self._tg.start_soon(self._hand_back, [i.uuid for i in extra])
-        lease_until = anyio.current_time() + self.lease_time * _LEASE_MARGIN
+        lease_until = _monotonic() + self.lease_time * _LEASE_MARGIN
         for inst in insts:
             old = self._running.get(inst.uuid)
             if old is not None:

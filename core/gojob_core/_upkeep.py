@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 
 import anyio
 import anyio.lowlevel
@@ -40,7 +41,7 @@ class Upkeep:
         runs = dict(self._running)
         if not runs:
             return
-        sent = anyio.current_time()
+        sent = time.monotonic()
         try:
             # a renewal answered after the lease would have lapsed renews nothing this node can use
             with anyio.fail_after(self.lease_time * _LEASE_MARGIN):
@@ -69,7 +70,7 @@ class Upkeep:
         period = min(self.lease_time * (1 - _LEASE_MARGIN) / 2, 1.0)
         while True:
             await anyio.sleep(period)
-            t = anyio.current_time()
+            t = time.monotonic()
             for uid, run in list(self._running.items()):
                 if run.lease_until < t and run.stop_reason is None and not run.finishing:
                     self._report(f"lease of {uid} (attempt {run.inst.attempts}) not renewed in time: "

@@ -108,7 +108,8 @@ def extend(inst: Instance, ts: float, node: str, lease: float) -> list[StateReco
 
 def finish(inst: Instance, outcome: Outcome, ts: float, node: str) -> list[StateRecord] | None:
     """The holding node's attempt ended: final, or back in the queue for a retry."""
-    if not holds(inst, node, outcome.attempt):
+    if (inst.state is not State.PROCESSING or inst.node != node
+            or (outcome.attempt is not None and inst.attempts != outcome.attempt)):  # holds(), inlined: hot
         return None
     history = [_rec(inst, outcome.state, ts, node, outcome.error or outcome.detail)]
     inst.lease_ts = None
