@@ -132,6 +132,7 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
         self._reserved = 0
         self._starved = False  # the last claim got fewer instances than it asked for (see FINISH_LINGER)
         self._suspects: set[str] = set()  # suspect instances running here: no claims until they end
+        self._shrinks = 0  # how many times the pool shrank (see Pool._dispatch)
         self._capacity: anyio.Event | None = None
         self._grown: anyio.Event | None = None  # set when a pool of zero gets workers (see _cancel_listener)
         self._idle: anyio.Event | None = None
@@ -485,7 +486,8 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
             self._wake_dispatcher()
             if self._grown is not None:
                 self._grown.set()
-        else:
+        elif delta < 0:
+            self._shrinks += 1  # claims out now may bring back more than the pool will take
             for _ in range(-delta):
                 self._send.send_nowait(_RETIRE)
 

@@ -60,6 +60,7 @@ class Pool:
                 continue
             self._reserved = free  # finishes meanwhile must not claim these slots twice
             try:
+                shrinks = self._shrinks
                 insts = await store.claim_or_wait(node, free, self.lease_time, self.poll_interval)
             except (StoreError, OSError) as exc:
                 self._report(f"claim failed: {exc!r}")
@@ -74,15 +75,20 @@ class Pool:
                 with anyio.CancelScope(shield=True):
                     await store.release(node, [i.uuid for i in insts])
                 return
-            self._dispatch(insts)
+            self._dispatch(insts, shrinks=shrinks)
             # let the workers start them before this loop asks the store again (its next call's
             # bookkeeping, or a round trip, would otherwise come first)
             await anyio.lowlevel.checkpoint()
 
-    def _dispatch(self, insts: list[Instance], freed: int = 0) -> None:
-        """Hand claimed instances to the workers (they count against the pool at once). ``freed``: slots of
-        a finish batch whose workers have not let go of them yet, which its claim filled."""
-        room = max(0, self._target - self._in_flight + freed - self._reserved)
+    def _dispatch(self, insts: list[Instance], freed: int = 0, shrinks: int | None = None) -> None:
+        """Hand claimed instances to the workers (they count against the pool at once).
+
+        ``shrinks``: the pool's shrink count when the claim was sent; if the pool shrank since
+        (resize_workers), what no longer fits goes back to the queue (``freed``: slots of a finish batch
+        whose workers have not let go of them yet, which its claim filled)."""
+        room = len(insts)
+        if shrinks is not None and shrinks != self._shrinks:
+            room = max(0, self._target - self._in_flight + freed - self._reserved)
         if len(insts) > room:
             # the pool shrank while the claim was out (resize_workers): the retiring workers would leave
             # the surplus in the stream, held under a lease nobody runs; it goes back to the queue
@@ -231,11 +237,12 @@ class _FinishBatcher:
             await m._flush_logs()
             # the free slots (those of this batch included, if not freed yet) are filled in the same call
             free = 0 if m._stopping or m._suspects else m._target - m._in_flight + freed - m._reserved
+            shrinks = m._shrinks
             oks, claimed = await m.store.finish_and_claim(m.node_id, [o for o, _ in batch], max(0, free),
                                                           m.lease_time)
             if free > 0:
                 m._starved = len(claimed) < free
-            m._dispatch(claimed, freed)
+            m._dispatch(claimed, freed, shrinks)
         except Exception as exc:
             for _, s in batch:
                 _answer(s, False, exc)
