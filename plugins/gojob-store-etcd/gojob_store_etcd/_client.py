@@ -4,7 +4,7 @@ aetcd 1.0 is the etcd client of this plugin: its protobuf messages and gRPC stub
 are. Its high-level ``Client`` is not, for what this store needs and it lacks: a range request with a
 limit (its prefix read has none), nested transactions built by hand, TLS and several endpoints, a
 raised gRPC receive limit, and a watch that can be re-created from a revision (its watcher does not
-resume after a server restart; :class:`~gojob_store_etcd.store.EtcdStore` re-creates it).
+resume after a server restart; the store's ``_watch`` module re-creates it).
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ class EtcdOptions:
     prefix: str = "/gojob/"
     timeout: float = 5.0
     connect_timeout: float = 5.0
-    #: seconds of revisions kept when the store compacts etcd's history (0: never compact)
-    compact: float = 600.0
+    #: the store's own compaction of etcd's history, opt-in: keep this many seconds of revisions and
+    #: compact older ones from every node. 0 (the default): never; let etcd compact
+    #: (``--auto-compaction-mode``/``--auto-compaction-retention``: compaction is cluster-wide)
+    compact: float = 0.0
     #: how many ready keys a node reads ahead and keeps in order (its claim window)
     window: int = 256
 
@@ -69,7 +71,8 @@ def parse_etcd_url(url: str, **options: Any) -> EtcdOptions:
     """Parse ``etcd[s]://[user:password@]host[:port][,host[:port]...][/prefix][?param=value...]``.
 
     ``etcds://`` means TLS. Parameters: ``prefix``, ``timeout``, ``connect_timeout``, ``ca``, ``cert``,
-    ``key``, ``server_name``, ``compact``, ``window``. The path, if any, is the key prefix
+    ``key``, ``server_name``, ``compact`` (seconds of etcd history the store keeps when it compacts
+    etcd itself: opt-in, 0 by default), ``window``. The path, if any, is the key prefix
     (``etcd://h:2379/myapp`` uses ``/myapp/``). Keyword options override the URL.
     """
     scheme, sep, rest = url.partition("://")

@@ -67,7 +67,7 @@ async def _keys(store: EtcdStore, base: bytes) -> list[bytes]:
 
 
 async def _ready_key(store: EtcdStore, uid: str) -> bytes:
-    [key] = [k for k in await _keys(store, store._kr) if f"/{uid}/".encode() in k]
+    [key] = [k for k in await _keys(store, store.keys.ready) if f"/{uid}/".encode() in k]
     return key
 
 
@@ -119,15 +119,15 @@ async def test_a_corrupt_instance_record_is_reported_kept_and_never_run(store: E
     victim = _inst(arg=99)
     await store.enqueue([*good[:3], victim, *good[3:]])  # FIFO: the victim is in the middle of the batch
     c = store._c()
-    ikey = store._ki + victim.uuid.encode()
+    ikey = store.keys.instance + victim.uuid.encode()
     rkey = await _ready_key(store, victim.uuid)
     if index == "delayed":  # the instance waits in the delayed index, due: the promotion must not move it
         queued = await _get(store, rkey)
         assert queued is not None
-        dkey = store._kd + rkey[len(store._kr):].split(b"/", 1)[1]
+        dkey = store.keys.delayed + rkey[len(store.keys.ready):].split(b"/", 1)[1]
         await c.txn([op_delete(rkey), op_put(dkey, queued[0])])
         rkey = dkey
-    other = json.loads((await _get(store, store._ki + good[0].uuid.encode()))[0])  # type: ignore[index]
+    other = json.loads((await _get(store, store.keys.instance + good[0].uuid.encode()))[0])  # type: ignore[index]
     bad = _wrong_shapes(victim.uuid, other)[kind]
     await c.txn([op_put(ikey, bad)])
     kept = await _get(store, ikey)
@@ -154,8 +154,8 @@ async def test_a_corrupt_instance_record_is_reported_kept_and_never_run(store: E
     assert _raw(reports[ikey.decode()].raw) == bad
     assert _raw(reports[rkey.decode()].raw) == queued[0]
     assert "not run" in reports[rkey.decode()].reason
-    assert not await _keys(store, store._kr) and not await _keys(store, store._kd)
-    assert not await _keys(store, store._kp)
+    assert not await _keys(store, store.keys.ready) and not await _keys(store, store.keys.delayed)
+    assert not await _keys(store, store.keys.running)
     # skipped (and reported) by lookups, refused by get
     assert sorted(i.uuid for i in await store.list_instances(Query())) == sorted(i.uuid for i in good)
     assert await store.list_instances(Query(instance=victim.uuid)) == []
@@ -170,14 +170,14 @@ async def test_a_corrupt_instance_record_is_reported_kept_and_never_run(store: E
     assert [r.key for r in await store.corrupt_records()] == [rkey.decode()]
     assert await store.drop_corrupt_record(rkey.decode()) is True
     assert await store.corrupt_records() == []
-    assert not await _keys(store, store._kz) and not await _keys(store, store._kzr)
+    assert not await _keys(store, store.keys.report) and not await _keys(store, store.keys.kept)
     assert await store.get_instance(victim.uuid) is None
 
 
 async def test_a_record_rewritten_in_place_is_not_deleted_by_a_drop(store: EtcdStore) -> None:
     inst = _inst()
     await store.enqueue([inst])
-    ikey = store._ki + inst.uuid.encode()
+    ikey = store.keys.instance + inst.uuid.encode()
     good = await _get(store, ikey)
     assert good is not None
     await store._c().txn([op_put(ikey, b"{broken")])
@@ -198,16 +198,16 @@ async def test_a_corrupt_queue_entry_is_set_aside_and_its_instance_still_runs(st
     victim = _inst(arg=99)
     await store.enqueue([*good[:3], victim, *good[3:]])
     c = store._c()
-    ikey = store._ki + victim.uuid.encode()
+    ikey = store.keys.instance + victim.uuid.encode()
     key = await _ready_key(store, victim.uuid)
     record = await _get(store, ikey)
     assert record is not None
     bad = {"garbage-bytes": b"\x00\xff garbage",
            "json-list": b"[]",
-           "another-instance": (await _get(store, store._ki + good[0].uuid.encode()))[0],  # type: ignore[index]
+           "another-instance": (await _get(store, store.keys.instance + good[0].uuid.encode()))[0],  # type: ignore[index]
            "not-scheduled": json.dumps({**json.loads(record[0]), "state": "COMPLETED"}).encode()}[kind]
     if index == "delayed":
-        dkey = store._kd + key[len(store._kr):].split(b"/", 1)[1]
+        dkey = store.keys.delayed + key[len(store.keys.ready):].split(b"/", 1)[1]
         await c.txn([op_delete(key), op_put(dkey, bad)])
         key = dkey
     else:
@@ -224,22 +224,22 @@ async def test_a_corrupt_queue_entry_is_set_aside_and_its_instance_still_runs(st
     # the entry was reported byte-exact and kept aside (its key in the index is free again)
     [report] = await store.corrupt_records()
     assert report.key == key.decode() and _raw(report.raw) == bad
-    assert not await _keys(store, store._kr) and not await _keys(store, store._kd)
+    assert not await _keys(store, store.keys.ready) and not await _keys(store, store.keys.delayed)
     assert await store.drop_corrupt_record(report.key) is True
     assert await store.corrupt_records() == []
-    assert not await _keys(store, store._kz) and not await _keys(store, store._kzr)
+    assert not await _keys(store, store.keys.report) and not await _keys(store, store.keys.kept)
 
 
 async def test_a_malformed_queue_key_stops_nothing(store: EtcdStore) -> None:
     c = store._c()
-    odd = [store._kr + b"garbage", store._kr + b"0/\xff\xfe/x", store._kd + b"not-a-time"]
+    odd = [store.keys.ready + b"garbage", store.keys.ready + b"0/\xff\xfe/x", store.keys.delayed + b"not-a-time"]
     await c.txn([op_put(k, b"x") for k in odd])
     good = [_inst(arg=i) for i in range(5)]
     await store.enqueue(good)
     ran = await _run_all(store)
     assert sorted(i.uuid for i in ran) == sorted(i.uuid for i in good)
     assert sorted(_raw(r.key) for r in await store.corrupt_records()) == sorted(odd)
-    assert not await _keys(store, store._kr) and not await _keys(store, store._kd)
+    assert not await _keys(store, store.keys.ready) and not await _keys(store, store.keys.delayed)
     for r in await store.corrupt_records():
         assert await store.drop_corrupt_record(r.key) is True
     assert await store.corrupt_records() == []
@@ -250,7 +250,7 @@ async def test_a_running_entry_whose_record_turned_corrupt_is_set_aside_once_its
     inst, other = _inst(arg=1), _inst(arg=2)
     await store.enqueue([inst])
     [got] = await store.claim("n1", 1, 30.0)
-    ikey, pkey = store._ki + inst.uuid.encode(), store._kp + inst.uuid.encode()
+    ikey, pkey = store.keys.instance + inst.uuid.encode(), store.keys.running + inst.uuid.encode()
     running = await _get(store, pkey)
     assert running is not None
     await store._c().txn([op_put(ikey, b"\x01garbage")])
@@ -286,7 +286,7 @@ async def test_a_node_runs_the_good_instances_around_corrupt_records(store: Etcd
     bad_record, bad_entry = _inst(arg=100), _inst(arg=101)
     await store.enqueue([*good[:10], bad_record, *good[10:20], bad_entry, *good[20:]])
     c = store._c()
-    await c.txn([op_put(store._ki + bad_record.uuid.encode(), b"\xfe\xff{{"),
+    await c.txn([op_put(store.keys.instance + bad_record.uuid.encode(), b"\xfe\xff{{"),
                  op_put(await _ready_key(store, bad_entry.uuid), b"[not a record")])
     async with Manager(f"{etcd_server.url('etcd')}?prefix={prefix}", num_workers=4, node_id="node") as mgr:
         await mgr.register_job(job)
@@ -295,8 +295,8 @@ async def test_a_node_runs_the_good_instances_around_corrupt_records(store: Etcd
             assert done.state is State.COMPLETED and done.result == inst.args[0]
     assert sorted(ran) == sorted([*range(30), 101])
     reports = {r.key for r in await store.corrupt_records()}
-    assert (store._ki + bad_record.uuid.encode()).decode() in reports
-    assert (await _get(store, store._ki + bad_record.uuid.encode()))[0] == b"\xfe\xff{{"  # type: ignore[index]
+    assert (store.keys.instance + bad_record.uuid.encode()).decode() in reports
+    assert (await _get(store, store.keys.instance + bad_record.uuid.encode()))[0] == b"\xfe\xff{{"  # type: ignore[index]
 
 
 # -- attempt fencing ---------------------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ async def test_a_stale_attempt_cannot_finish_the_next_one_of_the_same_node(store
     assert [i.uuid for i in await store.reclaim_expired("n2")] == [inst.uuid]
     [second] = await _claim_after_lapse(store, "n1")  # the same node claims it again
     assert second.uuid == inst.uuid and second.attempts == 2
-    ikey, pkey = store._ki + inst.uuid.encode(), store._kp + inst.uuid.encode()
+    ikey, pkey = store.keys.instance + inst.uuid.encode(), store.keys.running + inst.uuid.encode()
     before = (await _get(store, ikey), await _get(store, pkey), len(await store.lookup_history(Query())))
 
     stale = Outcome(inst.uuid, State.COMPLETED, result="attempt 1", attempt=1)
@@ -343,7 +343,7 @@ async def test_a_stale_attempt_is_fenced_on_a_fresh_read_too(store: EtcdStore, e
         assert [i.uuid for i in await other.reclaim_expired("n2")] == [inst.uuid]
         [second] = await other.claim("n1", 1, 30.0)
         assert second.attempts == 2
-        ikey = store._ki + inst.uuid.encode()
+        ikey = store.keys.instance + inst.uuid.encode()
         before = await _get(store, ikey)
         assert await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED, attempt=first.attempts)]) == [False]
         assert await _get(store, ikey) == before
@@ -356,7 +356,7 @@ async def test_a_stale_attempt_is_fenced_on_a_fresh_read_too(store: EtcdStore, e
 async def test_an_instance_abandoned_max_abandons_times_ends_terminated(store: EtcdStore) -> None:
     inst, bystander = _inst(max_abandons=2), _inst(max_abandons=2)
     await store.enqueue([inst])
-    raw = json.loads((await _get(store, store._ki + inst.uuid.encode()))[0])  # type: ignore[index]
+    raw = json.loads((await _get(store, store.keys.instance + inst.uuid.encode()))[0])  # type: ignore[index]
     assert raw["max_abandons"] == 2  # the field round-trips through the store's records
     [got] = await store.claim("n1", 1, 30.0)
     assert got.max_abandons == 2
@@ -375,7 +375,7 @@ async def test_an_instance_abandoned_max_abandons_times_ends_terminated(store: E
     hist = await store.lookup_history(Query(instance=inst))
     assert (hist[-1].state, hist[-1].attempt, hist[-1].node, hist[-1].detail) == (State.TERMINATED, 2, "n2",
                                                                                    message)
-    assert not await _keys(store, store._kp)
+    assert not await _keys(store, store.keys.running)
     assert [i.uuid for i in await _claim_after_lapse(store, "n1")] == [bystander.uuid]  # not it
     assert await store.finish("n1", [Outcome(inst.uuid, State.COMPLETED, attempt=2)]) == [False]
 
@@ -383,7 +383,7 @@ async def test_an_instance_abandoned_max_abandons_times_ends_terminated(store: E
 async def test_a_record_from_before_max_abandons_has_the_default_limit(store: EtcdStore) -> None:
     inst = _inst()
     await store.enqueue([inst])
-    ikey, rkey = store._ki + inst.uuid.encode(), await _ready_key(store, inst.uuid)
+    ikey, rkey = store.keys.instance + inst.uuid.encode(), await _ready_key(store, inst.uuid)
     old = json.loads((await _get(store, ikey))[0])  # type: ignore[index]
     del old["max_abandons"]
     old["abandoned"] = DEFAULT_MAX_ABANDONS - 1
@@ -422,7 +422,7 @@ async def _suspects(store: EtcdStore, n: int = 1, priority: int = 0) -> list[Ins
     back = await store.reclaim_expired("live")
     assert sorted(b.uuid for b in back) == sorted(i.uuid for i in insts)
     assert all(b.abandoned == 1 for b in back)
-    order = [k for k in await _keys(store, store._kr) if any(f"/{i.uuid}/".encode() in k for i in insts)]
+    order = [k for k in await _keys(store, store.keys.ready) if any(f"/{i.uuid}/".encode() in k for i in insts)]
     return sorted(insts, key=lambda i: [f"/{i.uuid}/".encode() in k for k in order].index(True))  # queue order
 
 

@@ -69,10 +69,10 @@ async def test_manager_resolves_the_etcd_scheme_through_the_entry_point(etcd_ser
 async def test_ready_index_sorts_negative_priorities_first(store: EtcdStore) -> None:
     prios = [3, -2**62, 0, -1, 2**62, -7, 1]
     await store.enqueue([_inst(priority=p) for p in prios])
-    resp = await store._c().range(store._kr, prefix_end(store._kr), keys_only=True)
+    resp = await store._c().range(store.keys.ready, prefix_end(store.keys.ready), keys_only=True)
     keys = [kv.key for kv in resp.kvs]
     assert keys == sorted(keys)  # etcd's own key order ...
-    got = [int(k[len(store._kr):].split(b"/")[0]) - 2**63 for k in keys]
+    got = [int(k[len(store.keys.ready):].split(b"/")[0]) - 2**63 for k in keys]
     assert got == sorted(prios)  # ... is the priority order
     with pytest.raises(ValueError, match="out of range"):
         await store.enqueue([_inst(priority=2**63)])
@@ -94,17 +94,17 @@ async def test_running_entries_name_this_node_etcd_lease_whose_liveness_key_hang
     [got] = await store.claim("n1", 1, 5.0)
     c = store._c()
     lease_id = store._leases[5]
-    running = await c.range(store._kp + inst.uuid.encode())
+    running = await c.range(store.keys.running + inst.uuid.encode())
     assert json.loads(running.kvs[0].value)["lease"] == lease_id
-    alive = await c.range(store._lease_key(lease_id))
+    alive = await c.range(store.keys.liveness_key(lease_id))
     assert alive.kvs and alive.kvs[0].lease == lease_id
     # one key per lease, not per claim: a second claim adds no key under q/n/
     await store.enqueue([_inst()])
     assert len(await store.claim("n1", 1, 5.0)) == 1
-    assert len((await c.range(store._kn, prefix_end(store._kn), keys_only=True)).kvs) == 1
+    assert len((await c.range(store.keys.liveness, prefix_end(store.keys.liveness), keys_only=True)).kvs) == 1
     # the lease gone (its node died): its liveness key goes with it, and the instances are re-queued
     await c.revoke(lease_id)
-    assert not (await c.range(store._lease_key(lease_id))).kvs
+    assert not (await c.range(store.keys.liveness_key(lease_id))).kvs
     again = await store.reclaim_expired("n2")
     assert inst.uuid in {i.uuid for i in again}
     assert all(i.state is State.SCHEDULED and i.abandoned == 1 for i in again) and len(again) == 2
@@ -129,8 +129,48 @@ async def test_a_claim_under_a_lapsed_lease_takes_nothing_and_the_next_claim_get
     got += await store.claim("n1", 2, 5.0)
     assert [(g.uuid, g.attempts, g.abandoned) for g in got] == [(first.uuid, 2, 1), (inst.uuid, 1, 0)]
     for g in got:
-        running = await store._c().range(store._kp + g.uuid.encode())
+        running = await store._c().range(store.keys.running + g.uuid.encode())
         assert json.loads(running.kvs[0].value)["lease"] == store._leases[5]
+
+
+async def test_a_cancel_asked_while_claimed_survives_a_hand_back(store: EtcdStore) -> None:
+    # as gojob_core.transitions has it (and the memory and kv stores do): a hand-back keeps the cancel
+    # asked, so the node that claims the instance next hears of it at once
+    inst = _inst()
+    await store.enqueue([inst])
+    await store.claim("n1", 1, 30.0)
+    await store.cancel(inst.uuid, node="op")
+    await store.release("n1", [inst.uuid])
+    got = await store.get_instance(inst.uuid)
+    assert got is not None and got.state is State.SCHEDULED and got.cancel_requested
+    [again] = await store.claim("n2", 1, 30.0)
+    assert again.cancel_requested
+    assert inst.uuid in (await store.extend_leases("n2", [inst.uuid], 30.0)).cancel_requested
+
+
+@pytest.mark.parametrize("done_by", ["release", "finish"])
+async def test_a_hand_back_or_finish_whose_answer_was_lost_does_not_hide_the_instance(
+        store: EtcdStore, etcd_server: Server, done_by: str) -> None:
+    # etcd applied the node's hand-back (or retry) but the answer was lost (a restart): the node's own
+    # retry finds it done. The node must not keep it as held, or it would skip its queue entry for ever
+    inst = _inst()
+    inst.max_retries = 1
+    await store.enqueue([inst])
+    [got] = await store.claim("n1", 1, 30.0)
+    other = EtcdStore.from_url(etcd_server.url("etcd"), prefix=store.options.prefix)
+    await other.start()
+    try:  # the same node's change, applied by another client: this one never heard the answer
+        if done_by == "release":
+            await other.release("n1", [inst.uuid])
+            await store.release("n1", [inst.uuid])
+        else:
+            retry = Outcome(inst.uuid, State.TERMINATED, error="E", retry_at=time.time() - 1, attempt=1)
+            assert await other.finish("n1", [retry]) == [True]
+            assert await store.finish("n1", [retry]) == [False]
+    finally:
+        await other.stop()
+    [again] = await store.claim("n1", 1, 30.0)
+    assert again.uuid == got.uuid and again.attempts == (1 if done_by == "release" else 2)
 
 
 # -- corrupt records -------------------------------------------------------------------------------------------
@@ -139,9 +179,9 @@ async def test_corrupt_records_are_reported_set_aside_and_never_deleted(store: E
     good = [_inst(args=[i]) for i in range(3)]
     await store.enqueue(good)
     bad_uuid = str(uuid.uuid4())
-    bad_inst = store._ki + bad_uuid.encode()
-    bad_ready = store._kr + f"{2**63 - 5:020d}/{0:017d}/{1:020d}/{bad_uuid}/k".encode()  # first in line
-    bad_hist = store._kt + f"00000000000000001/{good[0].uuid}/x".encode()  # first in time
+    bad_inst = store.keys.instance + bad_uuid.encode()
+    bad_ready = store.keys.ready + f"{2**63 - 5:020d}/{0:017d}/{1:020d}/{bad_uuid}/k".encode()  # first in line
+    bad_hist = store.keys.history + f"00000000000000001/{good[0].uuid}/x".encode()  # first in time
     await c.txn([op_put(bad_inst, b"{not json"), op_put(bad_ready, b"\xff\xfe"), op_put(bad_hist, b"[{}]")])
 
     assert sorted(i.uuid for i in await store.list_instances(Query())) == sorted(i.uuid for i in good)
@@ -160,7 +200,7 @@ async def test_corrupt_records_are_reported_set_aside_and_never_deleted(store: E
     assert (await c.range(bad_inst)).kvs[0].value == b"{not json"
     assert (await c.range(bad_hist)).kvs[0].value == b"[{}]"
     assert not (await c.range(bad_ready)).kvs
-    z = await c.txn([op_range(store._kz, prefix_end(store._kz))])
+    z = await c.txn([op_range(store.keys.report, prefix_end(store.keys.report))])
     assert len(z.responses[0].response_range.kvs) == 3
 
 
@@ -198,9 +238,9 @@ def test_a_read_of_the_queue_answered_after_newer_watch_events_does_not_undo_the
     deleted one back."""
     from types import SimpleNamespace
 
-    from gojob_store_etcd.store import _Window
+    from gojob_store_etcd._queue_window import QueueWindow
 
-    w = _Window()
+    w = QueueWindow()
     w.load([SimpleNamespace(key=b"q/a", mod_revision=5, value=b"a")], False, 10)
     w.begin()  # the read is sent
     assert w.put(b"q/b", 12, b"b")
@@ -251,7 +291,8 @@ async def test_history_of_an_instance_outlives_its_record_and_survives_a_corrupt
     states = [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
     assert [r.state for r in await store.lookup_history(Query(instance=a))] == states
     c = store._c()
-    assert len((await c.range(store._kt, prefix_end(store._kt), keys_only=True)).kvs) == 6  # 3 writes each
+    history = store.keys.history
+    assert len((await c.range(history, prefix_end(history), keys_only=True)).kvs) == 6  # 3 writes each
     assert await store.clear_instances(Query(instance=a)) == 1
     assert await store.get_instance(a.uuid) is None
     assert [r.state for r in await store.lookup_history(Query(instance=a))] == states
@@ -262,13 +303,13 @@ async def test_history_of_an_instance_outlives_its_record_and_survives_a_corrupt
     assert await store.enqueue([again]) == [True]
     assert len(await store.lookup_history(Query(instance=a))) == 6
     # a record that cannot be decoded: its history is looked up by time instead (and it is reported)
-    await c.txn([op_put(store._ki + b.uuid.encode(), b"{broken")])
+    await c.txn([op_put(store.keys.instance + b.uuid.encode(), b"{broken")])
     assert [r.state for r in await store.lookup_history(Query(instance=b))] == states
-    assert (store._ki + b.uuid.encode()).decode() in {r.key for r in await store.corrupt_records()}
+    assert (store.keys.instance + b.uuid.encode()).decode() in {r.key for r in await store.corrupt_records()}
     assert await store.clear_history(Query(instance=a)) == 6
     assert await store.lookup_history(Query(instance=a)) == []
     # its whole history cleared: the pointers its cleared record left are gone too
-    assert not (await c.range(store._kh, prefix_end(store._kh))).kvs
+    assert not (await c.range(store.keys.cleared, prefix_end(store.keys.cleared))).kvs
     assert len(await store.lookup_history(Query())) == 4
 
 
@@ -281,8 +322,8 @@ async def test_history_written_before_records_pointed_to_it_is_found_by_time(sto
     u, raw = inst.uuid, json.dumps([{"uuid": inst.uuid, "kind": "k", "state": "CREATED", "ts": 1.0, "attempt": 0,
                                      "node": None, "detail": None}]).encode()
     c = store._c()
-    await c.txn([op_put(store._ki + u.encode(), json.dumps(rec).encode()),
-                 op_put(store._kh + f"{u}/00000000001000000/t1".encode(), raw),
-                 op_put(store._kt + f"00000000001000000/{u}/t1".encode(), raw)])
+    await c.txn([op_put(store.keys.instance + u.encode(), json.dumps(rec).encode()),
+                 op_put(store.keys.cleared + f"{u}/00000000001000000/t1".encode(), raw),
+                 op_put(store.keys.history + f"00000000001000000/{u}/t1".encode(), raw)])
     assert [r.state for r in await store.lookup_history(Query(instance=inst))] == [State.CREATED]
     assert await store.corrupt_records() == []
