@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from _store_bench import add_common_arguments, print_table, run_modes
-from gojob_core.testing.servers import find_etcd, start_etcd_server
+from gojob_store_etcd.testing import find_etcd, start_etcd_server
 
 
 def _kv_calls(port: int) -> int:

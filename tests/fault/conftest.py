@@ -29,7 +29,8 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from fault_support import LEASE, STORES, Cluster, MemoryCluster, ProcessCluster, store_url  # noqa: E402
-from gojob_core.testing.servers import Server, find_etcd, start_etcd_server  # noqa: E402
+from gojob_core.testing.servers import Server  # noqa: E402
+from gojob_store_etcd.testing import find_etcd, start_etcd_server  # noqa: E402
 from gojob_store_postgres.testing import PostgresServer, postgres_server, start_postgres  # noqa: E402, F401
 from gojob_store_resp.testing import find_redis_server, find_valkey_server, start_resp_server  # noqa: E402
 

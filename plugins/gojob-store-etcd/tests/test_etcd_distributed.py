@@ -29,7 +29,8 @@ from gojob_core.testing.checks import (
     check_restart_under_load,
 )
 from gojob_core.testing.processes import Workers, wait_for
-from gojob_core.testing.servers import Server, find_etcd, free_port, start_etcd_server
+from gojob_core.testing.servers import Server, free_port
+from gojob_store_etcd.testing import find_etcd, start_etcd_server
 
 pytestmark = pytest.mark.anyio
 
