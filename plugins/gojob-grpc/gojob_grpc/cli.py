@@ -5,6 +5,7 @@
     gojob serve --store valkey://127.0.0.1:6379/0 --jobs my_app.jobs [--listen 127.0.0.1:50051]
                 [--metrics 127.0.0.1:9181] [--workers N] [--tls-cert F --tls-key F] [--token-file F]
                 [--system-jobs [--system-jobs-max-age 7d] [--system-jobs-cron "17 3 * * *"]]
+                [--app-dir DIR] [--log-level LEVEL] [--debug]
 
 The node imports each ``--jobs`` module, registers every ``gojob.Job`` bound at its top level, runs a
 Manager on the store, calls the module's ``register(manager)`` (sync or async) if it has one, and
@@ -42,6 +43,32 @@ _log = logging.getLogger("gojob.serve")
 
 class UsageError(Exception):
     """A bad option value: reported with the usage exit status (2)."""
+
+
+class JobsImportError(Exception):
+    """A ``--jobs`` module raised while being imported: reported in one line (exit status 1)."""
+
+    def __init__(self, module: str, error: BaseException) -> None:
+        super().__init__(module, error)
+        self.module = module
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"cannot import --jobs {self.module!r}: {error_location(self.error)}"
+
+
+def error_location(exc: BaseException) -> str:
+    """``file:line: ExceptionType: message`` for an exception raised while importing a module: the
+    place of a SyntaxError, else the innermost frame of the traceback outside the import machinery."""
+    name = type(exc).__name__
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{exc.filename}:{exc.lineno}: {name}: {exc.msg}"
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<frozen ")]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
+    message = str(exc)
+    return f"{where}{name}: {message}" if message else f"{where}{name}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="directory put first on sys.path to import --jobs from (default: the current directory)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level on stderr (default INFO)")
+    p.add_argument("--debug", action="store_true",
+                   help="print the full traceback of a --jobs module that fails to import (default: one line "
+                        "with the error and where it was raised)")
     return parser
 
 
@@ -106,7 +136,14 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"gojob serve: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the jobs module (or gojob-system-jobs) failed while importing
+    except JobsImportError as exc:
+        if args.debug:
+            import traceback
+
+            traceback.print_exception(exc.error, file=sys.stderr)
+        print(f"gojob serve: {exc}{'' if args.debug else ' (--debug shows the traceback)'}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # gojob-system-jobs failed while importing
         _log.error("cannot load the jobs: %s: %s", type(exc).__name__, exc, exc_info=exc)
         return 1
     import anyio
@@ -187,12 +224,19 @@ def _prepare(args: argparse.Namespace) -> tuple[list[ModuleType], list[Any], Any
         sys.path.insert(0, app_dir)
     modules, jobs, seen = [], [], set()
     for name in args.jobs:
+        if "/" in name or os.sep in name:  # a path: no module name has one
+            raise UsageError(f"--jobs {name!r} is a file, give its module name: {_module_hint(name, args.app_dir)}")
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+                if name.endswith(".py"):
+                    raise UsageError(f"--jobs {name!r} is a file, give its module name: "
+                                     f"{_module_hint(name, args.app_dir)}") from None
                 raise UsageError(f"--jobs {name!r}: no such module (looked in {app_dir} and sys.path)") from None
-            raise
+            raise JobsImportError(name, exc) from exc
+        except Exception as exc:  # SyntaxError, and whatever the module's top level raised
+            raise JobsImportError(name, exc) from exc
         modules.append(module)
         for value in vars(module).values():
             if isinstance(value, Job) and id(value) not in seen:
@@ -201,6 +245,15 @@ def _prepare(args: argparse.Namespace) -> tuple[list[ModuleType], list[Any], Any
     if not jobs and not any(callable(getattr(m, "register", None)) for m in modules):
         raise UsageError(f"--jobs {', '.join(args.jobs)}: defines no gojob.Job and no register(manager) function")
     return modules, jobs, plugin, system_jobs
+
+
+def _module_hint(path: str, app_dir: str) -> str:
+    """What to give instead of ``--jobs path/file.py``: ``--jobs file --app-dir path``."""
+    directory, base = os.path.split(os.path.normpath(path))
+    module = base[:-3] if base.endswith(".py") else base
+    if not directory:
+        return f"--jobs {module}" + (f" --app-dir {app_dir}" if app_dir != "." else "")
+    return f"--jobs {module} --app-dir {os.path.join(app_dir, directory) if app_dir != '.' else directory}"
 
 
 def _read_token(path: str) -> str:

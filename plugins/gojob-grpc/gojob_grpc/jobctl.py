@@ -15,6 +15,7 @@
     watch [--kind K] [--uuid U]... [--state S]... [--count N]
     health                                 the node's id, store, pool and versions
     corrupt [--drop KEY]                   records the store set aside as unreadable; --drop forgets one
+    jobctl --version                       the versions of gojob-grpc and gojob-core, then exit
 
 ARGS are JSON values when they parse as JSON (1, 2.5, true, null, "text", [1,2], {"a":1}), else
 strings; the node coerces them to the executor's type hints. TIME is ISO 8601 (naive: local time),
@@ -66,6 +67,31 @@ class _Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+def versions() -> str:
+    """``gojob-grpc X, gojob-core Y``: the installed versions of this distribution and of the core."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("gojob-grpc", "gojob-core"):
+        try:
+            out.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            out.append(f"{dist} (not installed)")
+    return ", ".join(out)
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print :func:`versions` and exit 0 (read only when asked: no metadata lookup otherwise)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"jobctl: {versions()}")
+        parser.exit(EXIT_OK)
 
 
 # -- parsing values ------------------------------------------------------------------------------------
@@ -144,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jobctl", description=doc.split("\n\n")[0].replace("``", ""),
                      epilog=doc[doc.index("Exit status:"):],
                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of gojob-grpc and gojob-core "
+                                                                 "and exit")
     _connection_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 

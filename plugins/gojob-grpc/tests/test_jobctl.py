@@ -151,6 +151,17 @@ def test_workers(node: Node) -> None:
     assert as_json(node.jobctl("workers", "4", "--json"))["num_workers"] == 4
 
 
+def test_version_needs_no_node() -> None:
+    from importlib.metadata import version
+
+    # no node at the target and no command: --version answers alone, before anything connects
+    for argv in (["--version"], ["--target", "127.0.0.1:1", "--version"]):
+        proc = jobctl(*argv)
+        assert proc.returncode == OK, (argv, proc.stderr)
+        assert proc.stdout.strip() == f"jobctl: gojob-grpc {version('gojob-grpc')}, gojob-core {version('gojob-core')}"
+        assert proc.stderr == ""
+
+
 def test_usage_errors_exit_2(node: Node) -> None:
     assert jobctl().returncode == USAGE  # no command
     for args in (["schedule"], ["frobnicate"], ["instances", "--state", "sleepy"], ["schedule", "sum", "--at", "soon"],

@@ -117,3 +117,43 @@ def test_serve_refuses_bad_options(nodes: NodeFactory, tmp_path: Path) -> None:
     busy = serve("--jobs", "sample_jobs", "--listen", first.target)
     assert busy.returncode == 1 and "cannot listen on" in busy.stderr
     assert first.jobctl("health").returncode == OK
+
+
+def test_serve_reports_a_jobs_module_that_fails_to_import(tmp_path: Path) -> None:
+    import subprocess
+
+    from grpc_nodes import GOJOB
+
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*GOJOB, "serve", *args], capture_output=True, text=True, env=child_env(), timeout=60,
+                              cwd=tmp_path, stdin=subprocess.DEVNULL)
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "raising_jobs.py").write_text("import os\n\nCONFIG = os.environ['GOJOB_TEST_NO_SUCH_VARIABLE']\n")
+    (app / "syntax_jobs.py").write_text("def job(:\n    pass\n")
+    (app / "missing_dep_jobs.py").write_text("\nimport gojob_test_no_such_dependency\n")
+    raising, syntax, missing = (str(app / f"{m}_jobs.py") for m in ("raising", "syntax", "missing_dep"))
+    for module, where, error in (
+            ("raising_jobs", f"{raising}:3", "KeyError: 'GOJOB_TEST_NO_SUCH_VARIABLE'"),
+            ("syntax_jobs", f"{syntax}:1", "SyntaxError: invalid syntax"),
+            ("missing_dep_jobs", f"{missing}:2",
+             "ModuleNotFoundError: No module named 'gojob_test_no_such_dependency'")):
+        proc = serve("--jobs", module, "--app-dir", "app")
+        # one line: the module, then file:line: ExceptionType: message; no traceback without --debug
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.splitlines() == [f"gojob serve: cannot import --jobs {module!r}: {where}: {error} "
+                                            "(--debug shows the traceback)"], proc.stderr
+        debug = serve("--jobs", module, "--app-dir", "app", "--debug")
+        assert debug.returncode == 1
+        assert "Traceback (most recent call last)" in debug.stderr or module == "syntax_jobs", debug.stderr
+        assert f'File "{where.rsplit(":", 1)[0]}", line {where.rsplit(":", 1)[1]}' in debug.stderr, debug.stderr
+        assert debug.stderr.splitlines()[-1] == f"gojob serve: cannot import --jobs {module!r}: {where}: {error}"
+    # a file path instead of a module name: the module name and --app-dir to give instead, before importing
+    for args, hint in ((["--jobs", "app/raising_jobs.py"], "--jobs raising_jobs --app-dir app"),
+                       (["--jobs", str(app / "raising_jobs.py")], f"--jobs raising_jobs --app-dir {app}"),
+                       (["--jobs", "sample_jobs.py"], "--jobs sample_jobs")):
+        proc = serve(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.splitlines() == [f"gojob serve: --jobs {args[1]!r} is a file, give its module name: "
+                                            f"{hint}"], proc.stderr

@@ -28,6 +28,9 @@ from gojob_core import StoreError
 __all__ = ["Compacted", "EtcdClient", "EtcdOptions", "parse_etcd_url"]
 
 _UNAVAILABLE = (grpc.StatusCode.UNAVAILABLE,)
+# what gRPC says when every address of the channel refused the connection (nothing listens there): at
+# connect, a refused connection fails at once, as with the Redis stores, instead of for connect_timeout
+_REFUSED = "Connection refused"
 # gRPC's default receive limit (4 MiB) breaks a large read; the store pages its reads as well
 _MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -258,6 +261,9 @@ class EtcdClient:
             except StoreError as exc:
                 if "is unavailable" not in str(exc):
                     raise
+                if _REFUSED in str(exc):  # every endpoint refused: nothing listens, waiting will not help
+                    details = str(exc).split(" is unavailable: ", 1)[-1]
+                    raise StoreError(f"etcd store: cannot connect to {self.options.address}: {details}") from None
                 if loop.time() + 0.1 >= deadline:
                     raise StoreError(f"etcd store: cannot connect to {self.options.address} "
                                      f"(no answer within {seconds:g}s): {exc}") from None

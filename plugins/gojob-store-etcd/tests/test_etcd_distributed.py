@@ -154,6 +154,21 @@ async def test_refused_connection_fails_fast_naming_the_address() -> None:
     assert f"127.0.0.1:{port}" in str(err.value) and "etcd" in str(err.value)
 
 
+async def test_refused_connection_fails_as_fast_as_redis_does() -> None:
+    """Nothing listens at any endpoint: the first refusal is the answer (well within the default
+    connect_timeout of 5s, which is for a server that accepts but does not answer yet)."""
+    ports = [free_port(), free_port()]
+    for address in (f"127.0.0.1:{ports[0]}", f"127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}"):
+        t = time.monotonic()
+        with anyio.fail_after(15):
+            with pytest.raises(StoreError) as err:
+                await Manager(store=f"etcd://{address}", num_workers=1).start()
+        elapsed = time.monotonic() - t
+        assert elapsed < 2, f"a refused connection to {address} took {elapsed:.2f}s"
+        message = str(err.value)
+        assert f"etcd store: cannot connect to {address}: " in message and "Connection refused" in message, message
+
+
 # -- a job through a URL, or one clear error ----------------------------------------------------------------
 async def _runs_a_job(url: str) -> None:
     async def echo(i: int) -> int:
