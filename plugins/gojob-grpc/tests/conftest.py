@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from gojob_core.testing.servers import self_signed_certificate
+from gojob_store_postgres.testing import postgres_server  # noqa: F401  (the session fixture: a node on PostgreSQL)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

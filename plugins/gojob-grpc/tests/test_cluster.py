@@ -129,3 +129,25 @@ async def test_sigint_with_instances_running_loses_nothing(valkey_server: Server
         assert states == ["CREATED", "SCHEDULED", "PROCESSING", "SCHEDULED", "PROCESSING", "COMPLETED"], states
         assert history[3].detail == "released by node node-a"
         assert again.attempts == 1  # a hand-back does not use up an attempt
+
+
+async def test_two_nodes_on_one_sqlite_file(tmp_path: Path, nodes: NodeFactory) -> None:
+    # gojob serve --store sqlite:///...: two nodes (processes) on one file share the queue and history
+    store = f"sqlite:///{tmp_path / 'jobs.db'}"
+    a, b = nodes(store=store, name="file-a"), nodes(store=store, name="file-b")
+    async with a.client() as ca, b.client() as cb:
+        assert (await ca.health()).store == (await cb.health()).store == "sqlite"
+        insts = [await ca.schedule("sum", (i, 1)) for i in range(6)]
+        for inst in insts:
+            assert (await cb.wait(inst, timeout=20)).result == inst.args[0] + 1
+        assert {i.uuid for i in await cb.lookup_instances(kind="sum")} == {i.uuid for i in insts}
+        delayed = await cb.schedule("sum", (1, 2), schedule_after=3600)
+        assert (await ca.cancel_instance(delayed)).state is gojob.State.CANCELED
+
+
+async def test_a_node_on_postgresql(postgres_server: Any, nodes: NodeFactory) -> None:
+    node = nodes(store=f"{postgres_server.url()}?schema=serve_{uuid.uuid4().hex[:8]}", name="pg")
+    async with node.client() as c:
+        assert (await c.health()).store == "postgres"
+        inst = await c.schedule("sum", (20, 22))
+        assert (await c.wait(inst, timeout=20)).result == 42
