@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, unquote
 import grpc
 from aetcd import rpc
 from gojob_core import StoreError
+from gojob_core._urls import parse_hosts
 
 __all__ = ["Compacted", "EtcdClient", "EtcdOptions", "parse_etcd_url"]
 
@@ -92,25 +93,7 @@ def parse_etcd_url(url: str, **options: Any) -> EtcdOptions:
         user, _, password = creds.partition(":")
         kw["username"] = unquote(user) or None
         kw["password"] = unquote(password) or None
-    endpoints = []
-    for part in hosts.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if part.startswith("["):
-            host, _, after = part[1:].partition("]")
-            port_s = after[1:] if after.startswith(":") else ""
-        else:
-            host, _, port_s = part.partition(":")
-        if port_s:
-            if not port_s.isdigit():
-                raise ValueError(f"store URL {url!r}: the port of {part!r} is not a number")
-            port = int(port_s)
-            if not 0 < port < 65536:
-                raise ValueError(f"store URL {url!r}: the port of {part!r} is out of range (1-65535)")
-        else:
-            port = 2379
-        endpoints.append((host or "127.0.0.1", port))
+    endpoints = parse_hosts(url, hosts, "127.0.0.1", 2379)
     if endpoints:
         kw["endpoints"] = endpoints
     if slash and path.strip("/"):

@@ -22,6 +22,7 @@ from urllib.parse import quote, unquote, urlencode
 
 import asyncpg
 from gojob_core import Instance, LogRecord, StateRecord, StoreError
+from gojob_core._urls import parse_hosts
 from gojob_store_sql import (
     INSTANCE_COLUMNS,
     MUTABLE_COLUMNS,
@@ -80,22 +81,7 @@ def parse_postgres_url(url: str, **options: Any) -> PostgresOptions:
     creds, at, hosts = netloc.rpartition("@")
     if not at:
         hosts, creds = netloc, ""
-    addresses = []
-    for part in hosts.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if part.startswith("["):
-            host, _, after = part[1:].partition("]")
-            port_s = after[1:] if after.startswith(":") else ""
-        else:
-            host, _, port_s = part.partition(":")
-        if port_s:
-            if not port_s.isdigit():
-                raise ValueError(f"store URL {url!r}: the port of {part!r} is not a number")
-            if not 0 < int(port_s) < 65536:
-                raise ValueError(f"store URL {url!r}: the port of {part!r} is out of range (1-65535)")
-        addresses.append(f"{host or 'localhost'}:{port_s or 5432}")
+    addresses = [f"{h}:{p}" for h, p in parse_hosts(url, hosts, "localhost", 5432)]
     if "/" in database:
         raise ValueError(f"store URL {url!r}: the path must be just the database name, got {database!r}")
     params = query_params(url, query, _OURS | _PASSED)
