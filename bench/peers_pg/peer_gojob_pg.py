@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""gojob on PostgreSQL (gojob-store-postgres, asyncpg), full history on (it always is: CREATED,
+SCHEDULED, PROCESSING, COMPLETED records per instance).
+
+Worker: ``Manager(store=dsn, num_workers=10)`` in a forked process with the job ``noop`` registered.
+Producer: a ``Manager(store=dsn, num_workers=0)`` in this process.
+
+  --variant seq  : ``await mgr.schedule_job(job, arguments=(i,))``, one call per job (the peers' way)
+  --variant bulk : ``await mgr.schedule_many(job, [(i,) ...])`` in batches of 1,000 (throughput only;
+                   not the peers' way, reported as an extra row)
+
+The store creates its schema on first use; a Manager opened and closed before the worker process
+starts creates it, as the other adapters apply their frameworks' schemas first.
+"""
+import asyncio
+import time
+
+import pglib
+from gojob_core import Job, Manager
+from pglib import peerlib
+
+BATCH = 1000
+
+
+async def noop(i):
+    peerlib.mark(i)
+
+
+def worker_proc(url, conc):
+    async def run():
+        async with Manager(store=url, num_workers=conc, node_id="bench-worker") as mgr:
+            await mgr.register_job(Job(kind="noop", executor=noop))
+            await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+async def bulk(args, base, mgr, job):
+    """peerlib.run_async's throughput run with schedule_many in place of the one-job calls."""
+    dl = time.perf_counter() + 120
+    for k in range(args.warmup):
+        await mgr.schedule_job(job, arguments=(-1 - k,))
+    await peerlib._wait_async(args.warmup, dl, get=peerlib.warm_count)
+    await asyncio.sleep(0.2)
+    n = args.n
+    before = pglib.snapshot()
+    t0 = time.perf_counter()
+    for lo in range(0, n, BATCH):
+        await mgr.schedule_many(job, [(i,) for i in range(lo, min(n, lo + BATCH))])
+    t_enq = time.perf_counter()
+    t_done = await peerlib._wait_async(n, t0 + args.timeout)
+    rec = peerlib.throughput_record(base, n, t0, t_enq, t_done)
+    await asyncio.sleep(0.3)
+    return pglib.add_cpu(peerlib._verify(rec, n), before, n)
+
+
+async def init_schema(url):
+    async with Manager(store=url, num_workers=0, node_id="bench-setup"):
+        pass
+
+
+async def producer(args, base, url):
+    async with Manager(store=url, num_workers=0, node_id="bench-producer") as mgr:
+        job = await mgr.register_job(Job(kind="noop", executor=noop))
+        if args.variant == "bulk":
+            if args.mode != "throughput":
+                raise SystemExit("--variant bulk is a throughput mode")
+            rec = await bulk(args, base, mgr, job)
+        else:
+
+            async def enqueue(i):
+                await mgr.schedule_job(job, arguments=(i,))
+
+            rec = await pglib.run_async(args, base, enqueue)
+    return rec
+
+
+def main():
+    args = peerlib.parse_args(default_concurrency=10, topologies=("proc",), variants=("seq", "bulk"))
+    base = peerlib.base_record("gojob", "gojob-store-postgres", args, store="postgres")
+    try:
+        url = pglib.dsn()
+        peerlib.init_shared(args.n, args.mode == "latency")
+        asyncio.run(init_schema(url))
+        peerlib.start_worker_process(worker_proc, url, args.concurrency)
+        rec = asyncio.run(producer(args, base, url))
+        peerlib.emit(rec)
+        code = 0 if rec["ok"] else 1
+    except BaseException as e:  # noqa: BLE001
+        peerlib.fail(base, args, e)
+        code = 2
+    peerlib.finish(code)
+
+
+if __name__ == "__main__":
+    main()
