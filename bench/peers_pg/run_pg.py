@@ -50,21 +50,75 @@ CONFIGS: dict[str, tuple[str, list[str], bool]] = {
 PEERS = ("procrastinate", "pgqueuer", "saq-pg")
 
 
-async def _recreate(admin_url: str, db: str) -> None:
+async def _recreate(admin_url: str, db: str, statements: bool) -> None:
     import asyncpg
 
     c = await asyncpg.connect(admin_url)
     try:
         await c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         await c.execute(f'CREATE DATABASE "{db}"')
+        if statements:
+            await c.execute("SELECT pg_stat_statements_reset()")
     finally:
         await c.close()
 
 
-def run_one(server: Any, label: str, mode: str, n: int, rep: int, timeout: float, raw: Path) -> dict[str, Any]:
+async def _statements(admin_url: str, db: str, n: int, top: int = 8) -> list[dict[str, Any]]:
+    """The database's statements by total execution time (pg_stat_statements), per job."""
+    import asyncpg
+
+    c = await asyncpg.connect(admin_url)
+    try:
+        rows = await c.fetch("SELECT s.calls, s.total_exec_time, s.mean_exec_time, s.rows, s.query "
+                             "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+                             "WHERE d.datname = $1 ORDER BY s.total_exec_time DESC LIMIT $2", db, top)
+    finally:
+        await c.close()
+    return [{"calls": r["calls"], "us_per_job": round(r["total_exec_time"] * 1000 / n, 1),
+             "mean_ms": round(r["mean_exec_time"], 3), "rows": r["rows"],
+             "query": " ".join(r["query"].split())[:160]} for r in rows]
+
+
+async def _enable_statements(server: Any) -> None:
+    import asyncpg
+
+    c = await asyncpg.connect(server.url())
+    try:
+        await c.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    finally:
+        await c.close()
+    server.restart()
+    c = await asyncpg.connect(server.url())
+    try:
+        await c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    finally:
+        await c.close()
+
+
+def provenance() -> str:
+    """Where gojob was imported from (this interpreter's path: a snapshot on PYTHONPATH, or the
+    editable checkout) and that checkout's commit, + dirty if its gojob sources have changes."""
+    import gojob_core
+    import gojob_store_postgres
+    import gojob_store_sql
+
+    paths = [Path(m.__file__).resolve().parent for m in (gojob_core, gojob_store_sql, gojob_store_postgres)]
+    where = ", ".join(str(p) for p in paths)
+    root = BENCH.parent
+    if all(root in p.parents for p in paths):
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", *map(str, paths)],
+                               capture_output=True, text=True).stdout.strip()
+        return f"{where} (checkout at {head}{' +dirty' if dirty else ''})"
+    return f"{where} (not the checkout: a snapshot on PYTHONPATH)"
+
+
+def run_one(server: Any, label: str, mode: str, n: int, rep: int, timeout: float, raw: Path,
+            statements: bool = False) -> dict[str, Any]:
     script, extra, _ = CONFIGS[label]
     db = "bench_" + label.replace("-", "_")
-    asyncio.run(_recreate(server.url(), db))
+    asyncio.run(_recreate(server.url(), db, statements))
     env = dict(os.environ, PEERS_PG_DSN=server.url(database=db), PEERS_PG_SERVER_PID=str(server.pid))
     cmd = [sys.executable, str(HERE / script), "--mode", mode, "--n", str(n), "--label", label, "--rep", str(rep),
            "--timeout", str(max(30.0, timeout - 60)), *extra]
@@ -82,6 +136,8 @@ def run_one(server: Any, label: str, mode: str, n: int, rep: int, timeout: float
     else:
         rec = {"mode": mode, "n": n, "ok": False, "error": f"no result line; rc={rc}; see {log}"}
     rec.update(label=label, rep=rep)
+    if statements:
+        rec["statements"] = asyncio.run(_statements(server.url(), db, n))
     return rec
 
 
@@ -159,6 +215,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per run before it counts as failed")
     ap.add_argument("--jsonl", type=Path, default=None, help="every run's record (default: none written)")
     ap.add_argument("--md", type=Path, default=None, help="write the header and tables here too")
+    ap.add_argument("--statements", action="store_true",
+                    help="diagnosis, not for the table: load pg_stat_statements and list each run's costliest "
+                         "statements (server execution time per job)")
     ap.add_argument("--raw", type=Path, default=BENCH / "results" / "raw" / "peers-pg",
                     help="each run's output (git-ignored)")
     a = ap.parse_args()
@@ -167,6 +226,8 @@ def main() -> int:
 
     a.raw.mkdir(parents=True, exist_ok=True)
     server = start_postgres()
+    if a.statements:
+        asyncio.run(_enable_statements(server))
     version = subprocess.run([os.path.join(server.bindir, "postgres"), "--version"], capture_output=True,
                              text=True).stdout.strip()
     started = dt.datetime.now(dt.UTC)
@@ -188,11 +249,11 @@ def main() -> int:
         for rep in range(1, a.reps + 1):
             for n in a.ns:
                 for label in a.configs:
-                    keep(run_one(server, label, "throughput", n, rep, a.timeout, a.raw))
+                    keep(run_one(server, label, "throughput", n, rep, a.timeout, a.raw, a.statements))
         if a.lat_n:
             for label in a.configs:
                 if CONFIGS[label][2]:
-                    keep(run_one(server, label, "latency", a.lat_n, 1, a.timeout, a.raw))
+                    keep(run_one(server, label, "latency", a.lat_n, 1, a.timeout, a.raw, a.statements))
     finally:
         server.cleanup()
         if sink:
@@ -202,6 +263,7 @@ def main() -> int:
     head = [f"# gojob on PostgreSQL beside procrastinate, PgQueuer and SAQ ({started:%Y-%m-%d %H:%M} UTC)", "",
             f"- server: {version}, one server for the run (fsync=off, full_page_writes=off, synchronous_commit=off, "
             "shared_buffers=64MB), a fresh database per run",
+            f"- gojob: {provenance()}",
             f"- machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}; "
             f"load {load0[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
             f"- drivers: asyncpg {dist_version('asyncpg')} (gojob, PgQueuer), psycopg {dist_version('psycopg')} "
@@ -212,6 +274,15 @@ def main() -> int:
             "0.3 s wait for duplicates); server = all PostgreSQL processes",
             "", ""]
     text = "\n".join(head) + summarize(records, a.configs, a.ns, a.reps) + "\n"
+    if a.statements:
+        text += "\n## Costliest statements per run (pg_stat_statements: server execution µs per job)\n"
+        for r in records:
+            text += f"\n### {r['label']} {r['mode']} N={r['n']} rep {r['rep']}\n\n"
+            text += "| calls | µs/job | mean ms | rows | query |\n"
+            text += "|---:|---:|---:|---:|---|\n"
+            for st in r.get("statements", []):
+                q = st["query"].replace("|", "\\|")
+                text += f"| {st['calls']} | {st['us_per_job']} | {st['mean_ms']} | {st['rows']} | `{q}` |\n"
     print(text)
     if a.md:
         a.md.write_text(text)
