@@ -1,5 +1,5 @@
-"""SQL store benchmark (PostgreSQL, SQLite): one worker process with 10 slots, a producer in this process,
-the same workload as bench/bench_resp.py.
+"""SQL store benchmark (PostgreSQL, MySQL/MariaDB, SQLite): one worker process with 10 slots, a producer in
+this process, the same workload as bench/bench_resp.py.
 
 Not a test: it prints a table. Full history is on (it always is). Modes:
 
@@ -10,12 +10,15 @@ Not a test: it prints a table. Full history is on (it always is). Modes:
   On PostgreSQL the worker hears of the job through LISTEN/NOTIFY; on SQLite (no notification, and the
   worker is another process) through its poll of ``PRAGMA data_version`` every ``poll_interval``.
 
+MariaDB runs on a server started for the run (``gojob_store_mysql.testing``: Debian's mariadb-server, the
+log flushed once a second, no binary log); on MySQL (no notification, and the worker is another process)
+an idle worker hears of a job through its poll of the queue's index every ``poll_interval``.
 PostgreSQL runs on a server started for the run (``gojob_store_postgres.testing``: Debian's binaries,
 fsync off, synchronous_commit off); its CPU per job is that of all its processes (the postmaster, the
 backends serving both nodes, those that exited), from /proc. SQLite runs on a file in a temporary
 directory (WAL, synchronous=NORMAL); it has no server.
 
-    python bench/bench_sql.py --store postgres sqlite --n 5000 --reps 3
+    python bench/bench_sql.py --store postgres mysql sqlite --n 5000 --reps 3
     python bench/bench_sql.py --store sqlite --modes latency --sqlite-poll 0.005
     python bench/bench_sql.py --drivers      # asyncpg beside psycopg 3 (needs psycopg[binary] installed)
 
@@ -69,6 +72,21 @@ def run_postgres(modes: list[str], n: int, reps: int, lat_n: int, workers: int) 
                              text=True).stdout.strip()
     try:
         url = server.url(schema="bench")
+        rows = run_modes(url, server.pid, modes, n, reps, lat_n, workers, lambda: f"b{uuid.uuid4().hex[:8]}_",
+                         lambda: {"server_cpu_us": int(_tree_cpu_us(server.pid))})
+    finally:
+        server.cleanup()
+    return rows, version
+
+
+def run_mysql(modes: list[str], n: int, reps: int, lat_n: int, workers: int,
+              poll: float) -> tuple[list[dict[str, Any]], str]:
+    from gojob_store_mysql.testing import start_mariadb
+
+    server = start_mariadb()
+    version = subprocess.run([server.argv[0], "--version"], capture_output=True, text=True).stdout.strip()
+    try:
+        url = server.url("bench", poll_interval=poll)
         rows = run_modes(url, server.pid, modes, n, reps, lat_n, workers, lambda: f"b{uuid.uuid4().hex[:8]}_",
                          lambda: {"server_cpu_us": int(_tree_cpu_us(server.pid))})
     finally:
@@ -177,7 +195,9 @@ def compare_drivers(n: int = 3000, reps: int = 3) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", nargs="+", choices=["postgres", "sqlite"], default=["postgres", "sqlite"])
+    ap.add_argument("--store", nargs="+", choices=["postgres", "mysql", "sqlite"],
+                    default=["postgres", "mysql", "sqlite"])
+    ap.add_argument("--mysql-poll", type=float, default=0.05, help="the MySQL store's poll_interval (seconds)")
     ap.add_argument("--sqlite-poll", type=float, default=0.02, help="the SQLite store's poll_interval (seconds)")
     ap.add_argument("--drivers", action="store_true", help="compare asyncpg and psycopg 3 instead")
     add_common_arguments(ap, n=5_000)
@@ -195,6 +215,12 @@ def main() -> None:
         print(f"\n## PostgreSQL ({version}; fsync=off, synchronous_commit=off; asyncpg)\n")
         print_table(rows, [("server CPU µs/job (all its processes)", "server_cpu_us", ".0f")], "postmaster",
                     first=("store", "postgres"))
+    if "mysql" in a.store:
+        rows, version = run_mysql(a.modes, a.n, a.reps, a.lat_n, a.workers, a.mysql_poll)
+        out["mysql"] = {"rows": rows, "server": version, "poll_interval": a.mysql_poll}
+        print(f"\n## MySQL store on {version} (innodb_flush_log_at_trx_commit=0, no binary log; asyncmy; "
+              f"poll_interval={a.mysql_poll} s)\n")
+        print_table(rows, [("server CPU µs/job", "server_cpu_us", ".0f")], "mariadbd", first=("store", "mysql"))
     if "sqlite" in a.store:
         import sqlite3
 

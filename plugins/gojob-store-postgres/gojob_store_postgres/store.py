@@ -273,7 +273,7 @@ class PostgresBackend(SqlBackend):
         d = self.dialect
         async with self._errors("creating the schema"), self._pool_or_fail().acquire() as conn:
             try:  # the usual case: the tables are there, at this version (no lock taken)
-                found = await conn.fetchval(f"SELECT value FROM {d.meta} WHERE key = 'schema_version'")
+                found = await conn.fetchval(d.schema_version_select())
                 if found is not None and int(found) == SCHEMA_VERSION:
                     return
             except asyncpg.UndefinedTableError:
@@ -284,7 +284,7 @@ class PostgresBackend(SqlBackend):
                 if d.schema:
                     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {d.quote(d.schema)}")
                 await conn.execute(d.meta_ddl())
-                value = await conn.fetchval(f"SELECT value FROM {d.meta} WHERE key = 'schema_version'")
+                value = await conn.fetchval(d.schema_version_select())
                 found = int(value) if value is not None else 0
                 if found > SCHEMA_VERSION:
                     raise newer_schema(found, self.where)
@@ -292,8 +292,7 @@ class PostgresBackend(SqlBackend):
                     for stmt in d.ddl(version):
                         await conn.execute(stmt)
                 if found < SCHEMA_VERSION:
-                    await conn.execute(f"INSERT INTO {d.meta} (key, value) VALUES ('schema_version', $1) "
-                                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", str(SCHEMA_VERSION))
+                    await conn.execute(d.schema_version_upsert(), str(SCHEMA_VERSION))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -459,7 +458,7 @@ class PostgresBackend(SqlBackend):
         d = self.dialect
         async with self._errors("dropping a corrupt record"), self._pool_or_fail().acquire() as conn, \
                 conn.transaction():
-            source = await conn.fetchval(f"DELETE FROM {d.corrupt} WHERE key = $1 RETURNING source", key)
+            source = await conn.fetchval(f'DELETE FROM {d.corrupt} WHERE "key" = $1 RETURNING source', key)
             if source is None:
                 return False
             ident: Any = key.partition("/")[2]

@@ -3,13 +3,21 @@
 seam (:class:`Dialect`: names, placeholders, types, the schema by version, query clauses) and the
 schema version this code knows (:data:`SCHEMA_VERSION`).
 
-Not a plugin: gojob-store-postgres and gojob-store-sqlite (and gojob-store-mysql to come) build on it.
+Not a plugin: gojob-store-postgres, gojob-store-mysql and gojob-store-sqlite build on it.
 """
 
 from __future__ import annotations
 
 from ._backend import Aside, Reads, Rows, SqlBackend, Writes
-from ._dialect import SCHEMA_VERSION, Dialect, PostgresDialect, SqliteDialect, check_identifier, newer_schema
+from ._dialect import (
+    SCHEMA_VERSION,
+    Dialect,
+    MysqlDialect,
+    PostgresDialect,
+    SqliteDialect,
+    check_identifier,
+    newer_schema,
+)
 from ._rows import HISTORY_COLUMNS, INSTANCE_COLUMNS, LOG_COLUMNS, MUTABLE_COLUMNS
 from ._store import SqlStore
 
@@ -21,6 +29,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Aside",
     "Dialect",
+    "MysqlDialect",
     "PostgresDialect",
     "Reads",
     "Rows",

@@ -4,8 +4,8 @@ A :class:`Dialect` names the tables (a schema and a prefix), writes placeholders
 schema's DDL by version, and turns a :class:`~gojob_core.Query` into a ``WHERE`` clause. The statements
 that carry a store's hot path (claims, finishes, enqueues) belong to each backend, which may use what
 its database has (PostgreSQL's arrays, ``FOR UPDATE SKIP LOCKED``); everything else is written here
-once. MySQL/MariaDB will be a third subclass: ``%s`` placeholders, backquoted names, no partial
-indexes (a generated column instead), ``INSERT IGNORE``.
+once. MySQL/MariaDB is the third: ``%s`` placeholders, no partial indexes (ordinary ones led by the
+columns of the condition), ``ON DUPLICATE KEY UPDATE`` for upserts.
 """
 
 from __future__ import annotations
@@ -17,13 +17,18 @@ from gojob_core import Query, StoreError
 
 from ._rows import HISTORY_COLUMNS, INSTANCE_COLUMNS, LOG_COLUMNS, MUTABLE_COLUMNS
 
-__all__ = ["SCHEMA_VERSION", "Dialect", "PostgresDialect", "SqliteDialect", "check_identifier", "newer_schema"]
+__all__ = ["SCHEMA_VERSION", "Dialect", "MysqlDialect", "PostgresDialect", "SqliteDialect", "check_identifier",
+           "newer_schema"]
 
 #: the schema version this code writes and reads; a database at a newer one is refused at start
 SCHEMA_VERSION = 1
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PREFIX = re.compile(r"[A-Za-z0-9_]*")
+
+#: the rows of the queue's partial indexes: waiting instances, and running ones (leases)
+WAITING = "state = 'SCHEDULED' AND aside = FALSE"
+RUNNING = "state = 'PROCESSING' AND aside = FALSE"
 
 #: the tables of one store, by their short names
 TABLES = ("meta", "instances", "history", "logs", "schedules", "corrupt")
@@ -59,6 +64,11 @@ class Dialect:
     BLOB = "BLOB"
     #: the history and log id column (an ever-growing integer key)
     SERIAL_PK = "BIGINT PRIMARY KEY"
+    #: text that is a key or indexed (ids, kinds, states, nodes), and a longer key (a corrupt record's)
+    ID = "TEXT"
+    LONG_ID = "TEXT"
+    #: text that may be long (errors, history details, log messages)
+    LONG_TEXT = "TEXT"
 
     def __init__(self, *, prefix: str = "gojob_", schema: str | None = None) -> None:
         self.prefix = check_identifier(prefix, "prefix", prefix=True)
@@ -89,46 +99,55 @@ class Dialect:
         if version != 1:
             raise ValueError(f"no schema version {version}")
         T, B, N, F, BO, BL = self.TEXT, self.BIGINT, self.INT, self.FLOAT, self.BOOL, self.BLOB
-        waiting = "state = 'SCHEDULED' AND aside = FALSE"
+        ID, LT = self.ID, self.LONG_TEXT
         return [
             *self.pre_ddl(),
-            f"CREATE TABLE IF NOT EXISTS {self.instances} ("
-            f"uuid {T} PRIMARY KEY, kind {T} NOT NULL, state {T} NOT NULL, priority {B} NOT NULL, "
-            f"ready_ts {F} NOT NULL, seq {B} NOT NULL, created_ts {F} NOT NULL, started_ts {F}, finished_ts {F}, "
-            f"attempts {N} NOT NULL, max_retries {N} NOT NULL, timeout {F}, node {T}, lease_ts {F}, "
-            f"cancel_requested {BO} NOT NULL, crontab_spec {T}, timezone {T}, schedule_id {T}, "
-            f"abandoned {N} NOT NULL, max_abandons {N}, error {T}, args {BL} NOT NULL, kwargs {BL} NOT NULL, "
-            f"result {BL}, extra {BL}, aside {BO} NOT NULL DEFAULT FALSE)",
-            # the queue: the claim order, over waiting instances only
-            f"CREATE INDEX IF NOT EXISTS {self.index('instances_queue')} ON {self.instances} "
-            f"(priority, ready_ts, seq) WHERE {waiting}",
-            # the next delayed instance to fall due; the oldest ready per kind
-            f"CREATE INDEX IF NOT EXISTS {self.index('instances_due')} ON {self.instances} (ready_ts) WHERE {waiting}",
-            # leases: what reclaim reads, and the cancels asked for running instances
-            f"CREATE INDEX IF NOT EXISTS {self.index('instances_running')} ON {self.instances} (lease_ts) "
-            "WHERE state = 'PROCESSING' AND aside = FALSE",
-            f"CREATE INDEX IF NOT EXISTS {self.index('instances_created')} ON {self.instances} (created_ts, uuid)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('instances_kind')} ON {self.instances} (kind, created_ts, uuid)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('instances_schedule')} ON {self.instances} (schedule_id) "
-            "WHERE schedule_id IS NOT NULL",
-            f"CREATE TABLE IF NOT EXISTS {self.history} (id {self.SERIAL_PK}, uuid {T} NOT NULL, kind {T} NOT NULL, "
-            f"state {T} NOT NULL, ts {F} NOT NULL, attempt {N} NOT NULL, node {T}, detail {T}, "
-            f"aside {BO} NOT NULL DEFAULT FALSE)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('history_uuid')} ON {self.history} (uuid, ts, id)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('history_ts')} ON {self.history} (ts, id)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('history_kind')} ON {self.history} (kind, ts, id)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('history_state')} ON {self.history} (state, ts, id)",
-            f"CREATE TABLE IF NOT EXISTS {self.logs} (id {self.SERIAL_PK}, uuid {T} NOT NULL, kind {T} NOT NULL, "
-            f"level {T} NOT NULL, message {T} NOT NULL, ts {F} NOT NULL, attempt {N} NOT NULL, node {T}, "
-            f"aside {BO} NOT NULL DEFAULT FALSE)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('logs_uuid')} ON {self.logs} (uuid, ts, id)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('logs_ts')} ON {self.logs} (ts, id)",
-            f"CREATE INDEX IF NOT EXISTS {self.index('logs_kind')} ON {self.logs} (kind, ts, id)",
-            f"CREATE TABLE IF NOT EXISTS {self.schedules} (sid {T} PRIMARY KEY, canceled {BO} NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {self.corrupt} (key {T} PRIMARY KEY, source {T} NOT NULL, "
-            f"reason {T} NOT NULL, ts {F} NOT NULL, raw {BL} NOT NULL)",
+            *self.create_table(
+                self.instances,
+                f"uuid {ID} PRIMARY KEY, kind {ID} NOT NULL, state {ID} NOT NULL, priority {B} NOT NULL, "
+                f"ready_ts {F} NOT NULL, seq {B} NOT NULL, created_ts {F} NOT NULL, started_ts {F}, "
+                f"finished_ts {F}, attempts {N} NOT NULL, max_retries {N} NOT NULL, timeout {F}, node {ID}, "
+                f"lease_ts {F}, cancel_requested {BO} NOT NULL, crontab_spec {T}, timezone {T}, schedule_id {ID}, "
+                f"abandoned {N} NOT NULL, max_abandons {N}, error {LT}, args {BL} NOT NULL, kwargs {BL} NOT NULL, "
+                f"result {BL}, extra {BL}, aside {BO} NOT NULL DEFAULT FALSE",
+                # the queue: the claim order, over waiting instances only
+                ("instances_queue", "priority, ready_ts, seq", WAITING),
+                # the next delayed instance to fall due; the oldest ready per kind
+                ("instances_due", "ready_ts", WAITING),
+                # leases: what reclaim reads, and the cancels asked for running instances
+                ("instances_running", "lease_ts", RUNNING),
+                ("instances_created", "created_ts, uuid", None),
+                ("instances_kind", "kind, created_ts, uuid", None),
+                ("instances_schedule", "schedule_id", "schedule_id IS NOT NULL")),
+            *self.create_table(
+                self.history,
+                f"id {self.SERIAL_PK}, uuid {ID} NOT NULL, kind {ID} NOT NULL, state {ID} NOT NULL, ts {F} NOT NULL, "
+                f"attempt {N} NOT NULL, node {ID}, detail {LT}, aside {BO} NOT NULL DEFAULT FALSE",
+                ("history_uuid", "uuid, ts, id", None),
+                ("history_ts", "ts, id", None),
+                ("history_kind", "kind, ts, id", None),
+                ("history_state", "state, ts, id", None)),
+            *self.create_table(
+                self.logs,
+                f"id {self.SERIAL_PK}, uuid {ID} NOT NULL, kind {ID} NOT NULL, level {ID} NOT NULL, "
+                f"message {LT} NOT NULL, ts {F} NOT NULL, attempt {N} NOT NULL, node {ID}, "
+                f"aside {BO} NOT NULL DEFAULT FALSE",
+                ("logs_uuid", "uuid, ts, id", None),
+                ("logs_ts", "ts, id", None),
+                ("logs_kind", "kind, ts, id", None)),
+            *self.create_table(self.schedules, f"sid {ID} PRIMARY KEY, canceled {BO} NOT NULL"),
+            *self.create_table(self.corrupt, f'"key" {self.LONG_ID} PRIMARY KEY, source {ID} NOT NULL, '
+                                             f"reason {LT} NOT NULL, ts {F} NOT NULL, raw {BL} NOT NULL"),
             *self.post_ddl(),
         ]
+
+    def create_table(self, table: str, columns: str, *indexes: tuple[str, str, str | None]) -> list[str]:
+        """A table and its indexes, each ``(short name, columns, WHERE of a partial index or None)``."""
+        out = [f"CREATE TABLE IF NOT EXISTS {table} ({columns})"]
+        for short, cols, where in indexes:
+            out.append(f"CREATE INDEX IF NOT EXISTS {self.index(short)} ON {table} ({cols})"
+                       + (f" WHERE {where}" if where else ""))
+        return out
 
     def pre_ddl(self) -> list[str]:
         """Statements before the tables (a schema, a sequence); the meta table is made by the backend."""
@@ -138,7 +157,15 @@ class Dialect:
         return []
 
     def meta_ddl(self) -> str:
-        return f"CREATE TABLE IF NOT EXISTS {self.meta} (key {self.TEXT} PRIMARY KEY, value {self.TEXT} NOT NULL)"
+        return f'CREATE TABLE IF NOT EXISTS {self.meta} ("key" {self.ID} PRIMARY KEY, value {self.TEXT} NOT NULL)'
+
+    def schema_version_select(self) -> str:
+        return f"SELECT value FROM {self.meta} WHERE \"key\" = 'schema_version'"
+
+    def schema_version_upsert(self) -> str:
+        """Record the schema version (the one argument)."""
+        return (f"INSERT INTO {self.meta} (\"key\", value) VALUES ('schema_version', {self.ph(1)}) "
+                'ON CONFLICT ("key") DO UPDATE SET value = excluded.value')
 
     # -- queries -------------------------------------------------------------------------------------
     def where(self, query: Query, *, ts_col: str, instances: bool = False, start: int = 1,
@@ -208,7 +235,7 @@ class Dialect:
     def next_due(self) -> str:
         return f"SELECT min(ready_ts) FROM {self.instances} WHERE state = 'SCHEDULED' AND aside = FALSE"
 
-    # -- the statements of a row-at-a-time backend (SQLite; MySQL to come) ---------------------------------
+    # -- the statements of a row-at-a-time backend (SQLite, MySQL) ---------------------------------
     #: appended to reads that lock the rows they return, and to those that skip rows others hold
     #: (empty where a transaction locks the whole database, like SQLite's BEGIN IMMEDIATE)
     FOR_UPDATE = " FOR UPDATE"
@@ -263,8 +290,8 @@ class Dialect:
 
     def report_corrupt(self) -> str:
         """(key, source, reason, ts, raw); a record reported before keeps its first report."""
-        return (f"INSERT INTO {self.corrupt} (key, source, reason, ts, raw) VALUES "
-                f"({', '.join(self.ph(i + 1) for i in range(5))}) ON CONFLICT (key) DO NOTHING")
+        return (f'INSERT INTO {self.corrupt} ("key", source, reason, ts, raw) VALUES '
+                f"({', '.join(self.ph(i + 1) for i in range(5))}) ON CONFLICT (\"key\") DO NOTHING")
 
     def flag_aside(self, source: str) -> str:
         key = "uuid" if source == "instances" else "id"
@@ -314,4 +341,61 @@ class SqliteDialect(Dialect):
         super().__init__(prefix=prefix)
 
     def post_ddl(self) -> list[str]:
-        return [f"INSERT OR IGNORE INTO {self.meta} (key, value) VALUES ('seq', '0')"]
+        return [f"INSERT OR IGNORE INTO {self.meta} (\"key\", value) VALUES ('seq', '0')"]
+
+
+class MysqlDialect(Dialect):
+    """MySQL 8.0.1+ and MariaDB 10.6+ (for ``FOR UPDATE SKIP LOCKED``), on InnoDB.
+
+    Sessions run with ``ANSI_QUOTES`` (names in double quotes, as the shared statements write them) and
+    ``READ COMMITTED`` (a locking read keeps locks on the rows it returns only, no gap locks). Text is
+    ``utf8mb4`` with a binary collation (ids and kinds compare byte for byte, as on the other stores).
+    There are no partial indexes: an index over the queue leads with the columns of its condition
+    (``state, aside``), which the queries name with ``=``. Indexes are made with their table, in one
+    statement: MySQL's DDL is not transactional, and a table made is then made whole.
+    """
+
+    name = "mysql"
+    ID = "VARCHAR(255)"
+    LONG_ID = "VARCHAR(512)"
+    LONG_TEXT = "LONGTEXT"
+    BLOB = "LONGBLOB"
+    BOOL = "BOOLEAN"
+    SERIAL_PK = "BIGINT AUTO_INCREMENT PRIMARY KEY"
+    #: the condition of a partial index as the leading columns of an ordinary one
+    _LEAD = {WAITING: "state, aside", RUNNING: "state, aside", "schedule_id IS NOT NULL": ""}
+    TABLE_OPTIONS = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+
+    def __init__(self, *, prefix: str = "gojob_", schema: str | None = None) -> None:
+        if schema is not None:
+            raise ValueError(f"schema: in MySQL a schema is a database, named in the URL's path "
+                             f"(got schema={schema!r})")
+        super().__init__(prefix=prefix)
+
+    def ph(self, n: int) -> str:
+        return "%s"
+
+    def create_table(self, table: str, columns: str, *indexes: tuple[str, str, str | None]) -> list[str]:
+        parts = [columns]
+        for short, cols, where in indexes:
+            lead = self._LEAD[where] if where else ""
+            parts.append(f"INDEX {self.index(short)} ({lead + ', ' if lead else ''}{cols})")
+        return [f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(parts)}){self.TABLE_OPTIONS}"]
+
+    def meta_ddl(self) -> str:
+        return super().meta_ddl() + self.TABLE_OPTIONS
+
+    def post_ddl(self) -> list[str]:
+        return [f"INSERT IGNORE INTO {self.meta} (\"key\", value) VALUES ('seq', '0')"]
+
+    def schema_version_upsert(self) -> str:
+        return (f"INSERT INTO {self.meta} (\"key\", value) VALUES ('schema_version', %s) "
+                "ON DUPLICATE KEY UPDATE value = VALUES(value)")
+
+    def upsert_schedule(self) -> str:
+        return (f"INSERT INTO {self.schedules} (sid, canceled) VALUES (%s, %s) "
+                "ON DUPLICATE KEY UPDATE canceled = VALUES(canceled)")
+
+    def report_corrupt(self) -> str:
+        return (f'INSERT INTO {self.corrupt} ("key", source, reason, ts, raw) VALUES (%s, %s, %s, %s, %s) '
+                'ON DUPLICATE KEY UPDATE "key" = "key"')

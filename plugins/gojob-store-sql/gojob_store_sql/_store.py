@@ -599,8 +599,8 @@ class SqlStore(Store):
 
     # -- corrupt records ------------------------------------------------------------------------------------
     async def corrupt_records(self) -> list[CorruptRecord]:
-        rows = await self.backend.fetch(f"SELECT key, reason, raw FROM {self.backend.dialect.corrupt} "
-                                        "ORDER BY ts, key")
+        rows = await self.backend.fetch(f'SELECT "key", reason, raw FROM {self.backend.dialect.corrupt} '
+                                        'ORDER BY ts, "key"')
         return [CorruptRecord(str(k), str(r), bytes(raw).decode("utf-8", "surrogateescape")) for k, r, raw in rows]
 
     async def drop_corrupt_record(self, key: str) -> bool:

@@ -47,7 +47,7 @@ async def check_newer_schema_refused(make_store: Callable[[], SqlStore], raw: Ra
     async with store:
         d = store.backend.dialect
     newer = SCHEMA_VERSION + 1
-    await raw.execute(f"UPDATE {d.meta} SET value = {d.ph(1)} WHERE key = 'schema_version'", [str(newer)])
+    await raw.execute(f"UPDATE {d.meta} SET value = {d.ph(1)} WHERE \"key\" = 'schema_version'", [str(newer)])
     other = make_store()
     try:
         await other.start()
@@ -58,7 +58,7 @@ async def check_newer_schema_refused(make_store: Callable[[], SqlStore], raw: Ra
     else:
         await other.stop()
         raise AssertionError("a store started on a newer schema")
-    rows = await raw.fetch(f"SELECT value FROM {d.meta} WHERE key = 'schema_version'", [])
+    rows = await raw.fetch(d.schema_version_select(), [])
     assert [str(r[0]) for r in rows] == [str(newer)]
     # and through a Manager: its start raises the same
     try:

@@ -128,8 +128,8 @@ class SqliteBackend(SqlBackend):
         self._sql_insert = d.insert_instance()
         self._sql_history = d.insert_history()
         self._sql_log = d.insert_log()
-        self._sql_seq = f"UPDATE {d.meta} SET value = CAST(value AS INTEGER) + ? WHERE key = 'seq'"
-        self._sql_seq_get = f"SELECT CAST(value AS INTEGER) FROM {d.meta} WHERE key = 'seq'"
+        self._sql_seq = f"UPDATE {d.meta} SET value = CAST(value AS INTEGER) + ? WHERE \"key\" = 'seq'"
+        self._sql_seq_get = f"SELECT CAST(value AS INTEGER) FROM {d.meta} WHERE \"key\" = 'seq'"
 
     # -- running calls in the thread ------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -192,7 +192,7 @@ class SqliteBackend(SqlBackend):
 
         def run(db: sqlite3.Connection) -> None:
             db.execute(d.meta_ddl())
-            row = db.execute(f"SELECT value FROM {d.meta} WHERE key = 'schema_version'").fetchone()
+            row = db.execute(d.schema_version_select()).fetchone()
             found = int(row[0]) if row else 0
             if found > SCHEMA_VERSION:
                 raise newer_schema(found, self.where)
@@ -200,8 +200,7 @@ class SqliteBackend(SqlBackend):
                 for stmt in d.ddl(version):
                     db.execute(stmt)
             if found < SCHEMA_VERSION:
-                db.execute(f"INSERT INTO {d.meta} (key, value) VALUES ('schema_version', ?) "
-                           "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+                db.execute(d.schema_version_upsert(), (str(SCHEMA_VERSION),))
 
         self._in_tx(run)  # BEGIN IMMEDIATE: two nodes starting together create the tables once
 
@@ -329,10 +328,10 @@ class SqliteBackend(SqlBackend):
         d = self.dialect
 
         def run(db: sqlite3.Connection) -> bool:
-            row = db.execute(f"SELECT source FROM {d.corrupt} WHERE key = ?", (_param(key),)).fetchone()
+            row = db.execute(f"SELECT source FROM {d.corrupt} WHERE \"key\" = ?", (_param(key),)).fetchone()
             if row is None:
                 return False
-            db.execute(f"DELETE FROM {d.corrupt} WHERE key = ?", (_param(key),))
+            db.execute(f"DELETE FROM {d.corrupt} WHERE \"key\" = ?", (_param(key),))
             source = str(row[0])
             ident: Any = key.partition("/")[2]
             if source in ("history", "logs"):

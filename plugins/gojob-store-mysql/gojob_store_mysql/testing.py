@@ -1,0 +1,208 @@
+"""A real MariaDB server for tests: on a free loopback port, in a temporary data directory, stopped by
+PID (pytest plugin: the ``mysql_server`` session fixture; or call :func:`start_mariadb`).
+
+The binaries (``mariadbd``, ``mariadb-install-db``) are found as ``$GOJOB_MARIADB_BINDIR``, then on
+PATH, then in Debian's places (``apt-get install mariadb-server``). A missing binary is an error, never
+a skip. No PyPI wheel ships a MySQL or MariaDB server, and this fixture starts MariaDB only; to run the
+tests against another server (MySQL 8, say), set ``GOJOB_MYSQL_URL=mysql://user:password@host:port``:
+the fixture then starts nothing and each test uses a database of its own on that server.
+
+MariaDB refuses to run as root unless told: run as root (as CI does), the server runs as the ``mysql``
+user (``$GOJOB_MARIADB_USER`` to name another), in a data directory that user owns. The server is tuned
+for tests (the log flushed once a second, no doublewrite, no binary log); clients connect over TCP on
+127.0.0.1 as ``gojob`` with the password ``gojob``, made by the server's init file at each start.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gojob_core.testing.servers import free_port, tcp_accepts
+
+__all__ = ["MariadbServer", "find_mariadb_bindir", "mysql_server", "start_mariadb"]
+
+USER = "gojob"
+PASSWORD = "gojob"
+
+
+def find_mariadb_bindir() -> tuple[str, str] | None:
+    """The paths of ``mariadbd`` and ``mariadb-install-db``, or None."""
+    env = os.environ.get("GOJOB_MARIADB_BINDIR")
+    dirs = [env] if env else [*os.environ.get("PATH", "").split(os.pathsep), "/usr/sbin", "/usr/bin"]
+    server = install = None
+    for d in dirs:
+        if not d:
+            continue
+        server = server or _exe(d, "mariadbd")
+        install = install or _exe(d, "mariadb-install-db")
+    return (server, install) if server and install else None
+
+
+def _exe(directory: str, name: str) -> str | None:
+    path = os.path.join(directory, name)
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+@dataclass
+class MariadbServer:
+    """A MariaDB server this test session started (``proc`` None: one named by ``$GOJOB_MYSQL_URL``,
+    not ours to stop); ``stop()`` ends it by PID."""
+
+    workdir: Path
+    port: int
+    host: str = "127.0.0.1"
+    user: str = USER
+    password: str = PASSWORD
+    proc: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)
+    run_as: tuple[int, int] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def url(self, database: str = "gojob", **params: Any) -> str:
+        """A store URL for ``database`` on this server (the store creates the database if missing)."""
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        base = f"mysql://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
+        return base + (f"?{query}" if query else "")
+
+    def _spawn(self) -> None:
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - the child owns it
+        try:
+            kw: dict[str, Any] = {}
+            if self.run_as is not None:
+                kw = {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.workdir, start_new_session=True, **kw)
+        finally:
+            log.close()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                break
+            if tcp_accepts(self.port):  # MariaDB listens once recovery and the init file are done
+                return
+            time.sleep(0.05)
+        log = (self.workdir / "server.log").read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"mariadbd did not start on port {self.port}:\n{log}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the server (SIGTERM: a clean shutdown, which ends client sessions)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same data (what was committed survives)."""
+        if self.proc is None:
+            raise RuntimeError("this server was not started by the fixture ($GOJOB_MYSQL_URL): cannot restart it")
+        self.stop()
+        self._spawn()
+        self._wait_ready()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.proc is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _from_env(url: str) -> MariadbServer:
+    from gojob_store_mysql.store import parse_mysql_url
+
+    opts = parse_mysql_url(url)
+    return MariadbServer(Path("."), opts.port, host=opts.host, user=opts.user or "", password=opts.password or "")
+
+
+def start_mariadb(workdir: Path | None = None) -> MariadbServer:
+    """``mariadb-install-db`` a fresh data directory and start ``mariadbd`` on a free loopback port
+    (retrying a raced port)."""
+    found = find_mariadb_bindir()
+    if found is None:
+        raise RuntimeError("no MariaDB server binaries found (apt-get install mariadb-server, or set "
+                           "GOJOB_MARIADB_BINDIR to the directory holding mariadbd and mariadb-install-db; or "
+                           "GOJOB_MYSQL_URL to a running server); these tests need a real server")
+    mariadbd, install_db = found
+    if workdir is None:
+        workdir = Path(tempfile.mkdtemp(prefix="gojob-mdb-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_as: tuple[int, int] | None = None
+    os_user = None
+    if os.geteuid() == 0:
+        os_user = os.environ.get("GOJOB_MARIADB_USER", "mysql")
+        try:
+            pw = pwd.getpwnam(os_user)
+        except KeyError:
+            raise RuntimeError(f"MariaDB is not run as root here, and there is no user {os_user!r} to run it as "
+                               "(apt-get install mariadb-server creates 'mysql'; or set GOJOB_MARIADB_USER)") from None
+        run_as = (pw.pw_uid, pw.pw_gid)
+        os.chown(workdir, *run_as)
+        os.chmod(workdir, 0o700)
+    init = workdir / "init.sql"
+    init.write_text(f"CREATE USER IF NOT EXISTS '{USER}'@'%' IDENTIFIED BY '{PASSWORD}';\n"
+                    f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%';\n")
+    if run_as is not None:
+        os.chown(init, *run_as)
+    datadir = workdir / "data"
+    kw: dict[str, Any] = {"user": run_as[0], "group": run_as[1], "extra_groups": []} if run_as else {}
+    made = subprocess.run([install_db, "--no-defaults", f"--datadir={datadir}", "--skip-test-db",
+                           "--auth-root-authentication-method=normal", "--skip-name-resolve",
+                           *([f"--user={os_user}"] if os_user else [])],
+                          capture_output=True, cwd=workdir, timeout=120, **kw)
+    if made.returncode != 0:
+        raise RuntimeError(f"mariadb-install-db failed ({made.returncode}):\n{made.stdout.decode(errors='replace')}\n"
+                           f"{made.stderr.decode(errors='replace')}")
+    server = MariadbServer(workdir, 0, run_as=run_as)
+    last: Exception | None = None
+    for _ in range(3):
+        server.port = free_port()
+        server.argv = [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--port={server.port}",
+                       "--bind-address=127.0.0.1", f"--socket={workdir / 'sock'}", f"--pid-file={workdir / 'pid'}",
+                       f"--init-file={init}", "--skip-name-resolve", "--skip-log-bin", "--max-connections=500",
+                       "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+                       "--innodb-buffer-pool-size=64M", "--performance-schema=OFF",
+                       *([f"--user={os_user}"] if os_user else [])]
+        server._spawn()
+        try:
+            server._wait_ready()
+            return server
+        except RuntimeError as exc:  # a port taken meanwhile, say (_wait_ready stopped it)
+            last = exc
+    server.cleanup()
+    raise RuntimeError(f"could not start mariadbd: {last}")
+
+
+@pytest.fixture(scope="session")
+def mysql_server() -> Iterator[MariadbServer]:
+    """A MariaDB server for the session (Debian's mariadb-server in CI), or the server of
+    ``$GOJOB_MYSQL_URL``; tests share it, each with a database of its own."""
+    url = os.environ.get("GOJOB_MYSQL_URL")
+    if url:
+        yield _from_env(url)
+        return
+    server = start_mariadb()
+    try:
+        yield server
+    finally:
+        server.cleanup()
