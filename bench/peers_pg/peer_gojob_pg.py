@@ -9,10 +9,15 @@ Producer: a ``Manager(store=dsn, num_workers=0)`` in this process.
   --variant bulk : ``await mgr.schedule_many(job, [(i,) ...])`` in batches of 1,000 (throughput only;
                    not the peers' way, reported as an extra row)
 
+``$PEERS_PG_GOJOB_DROP_INDEXES`` (comma-separated short names, e.g. ``history_ts,history_kind``): an
+experiment, never the store as shipped: those of the store's indexes are dropped before the run, to see
+what their upkeep costs.
+
 The store creates its schema on first use; a Manager opened and closed before the worker process
 starts creates it, as the other adapters apply their frameworks' schemas first.
 """
 import asyncio
+import os
 import time
 
 import pglib
@@ -57,6 +62,16 @@ async def bulk(args, base, mgr, job):
 async def init_schema(url):
     async with Manager(store=url, num_workers=0, node_id="bench-setup"):
         pass
+    drop = [x for x in os.environ.get("PEERS_PG_GOJOB_DROP_INDEXES", "").split(",") if x]
+    if drop:  # an experiment, never gojob as shipped: what the store's index upkeep costs
+        import asyncpg
+
+        conn = await asyncpg.connect(url)
+        try:
+            for short in drop:
+                await conn.execute(f'DROP INDEX "gojob_{short}"')
+        finally:
+            await conn.close()
 
 
 async def producer(args, base, url):

@@ -39,14 +39,22 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 
-#: label -> (adapter, extra arguments, takes part in latency)
-CONFIGS: dict[str, tuple[str, list[str], bool]] = {
-    "gojob-seq": ("peer_gojob_pg.py", ["--variant", "seq"], True),
-    "procrastinate": ("peer_procrastinate.py", [], True),
-    "pgqueuer": ("peer_pgqueuer.py", [], True),
-    "saq-pg": ("peer_saq_pg.py", [], True),
-    "gojob-bulk": ("peer_gojob_pg.py", ["--variant", "bulk"], False),
+#: label -> (adapter, extra arguments, takes part in latency, environment)
+CONFIGS: dict[str, tuple[str, list[str], bool, dict[str, str]]] = {
+    "gojob-seq": ("peer_gojob_pg.py", ["--variant", "seq"], True, {}),
+    "procrastinate": ("peer_procrastinate.py", [], True, {}),
+    "pgqueuer": ("peer_pgqueuer.py", [], True, {}),
+    "saq-pg": ("peer_saq_pg.py", [], True, {}),
+    "gojob-bulk": ("peer_gojob_pg.py", ["--variant", "bulk"], False, {}),
+    # experiments (not run unless named in --configs): gojob-seq with some of the store's indexes dropped
+    "x-gojob-seq-no-history-idx": ("peer_gojob_pg.py", ["--variant", "seq"], False,
+                                   {"PEERS_PG_GOJOB_DROP_INDEXES": "history_uuid,history_ts,history_kind,"
+                                                                   "history_state"}),
+    "x-gojob-seq-lean-idx": ("peer_gojob_pg.py", ["--variant", "seq"], False,
+                             {"PEERS_PG_GOJOB_DROP_INDEXES": "history_ts,history_kind,history_state,"
+                                                             "instances_created,instances_kind"}),
 }
+DEFAULT_CONFIGS = ["gojob-seq", "procrastinate", "pgqueuer", "saq-pg", "gojob-bulk"]
 PEERS = ("procrastinate", "pgqueuer", "saq-pg")
 
 
@@ -116,10 +124,10 @@ def provenance() -> str:
 
 def run_one(server: Any, label: str, mode: str, n: int, rep: int, timeout: float, raw: Path,
             statements: bool = False) -> dict[str, Any]:
-    script, extra, _ = CONFIGS[label]
+    script, extra, _, env_extra = CONFIGS[label]
     db = "bench_" + label.replace("-", "_")
     asyncio.run(_recreate(server.url(), db, statements))
-    env = dict(os.environ, PEERS_PG_DSN=server.url(database=db), PEERS_PG_SERVER_PID=str(server.pid))
+    env = dict(os.environ, PEERS_PG_DSN=server.url(database=db), PEERS_PG_SERVER_PID=str(server.pid), **env_extra)
     cmd = [sys.executable, str(HERE / script), "--mode", mode, "--n", str(n), "--label", label, "--rep", str(rep),
            "--timeout", str(max(30.0, timeout - 60)), *extra]
     log = raw / f"{label}-{mode}-n{n}-r{rep}.log"
@@ -159,6 +167,8 @@ def summarize(records: list[dict[str, Any]], labels: list[str], ns: list[int], r
                 continue
             good = [r for r in runs if r.get("ok")]
             mode = "bulk: schedule_many x1000" if label == "gojob-bulk" else "seq: 1 enqueue call per job"
+            if label.startswith("x-"):
+                mode += f" (experiment: dropped {CONFIGS[label][3]['PEERS_PG_GOJOB_DROP_INDEXES']})"
             if not good:
                 err = runs[0].get("error", "not ok")
                 out.append(f"| {label} {versions.get(label, '')} | {mode} | {n} | - | 0/{len(runs)} | | | {err} |")
@@ -192,7 +202,7 @@ def summarize(records: list[dict[str, Any]], labels: list[str], ns: list[int], r
     out += ["", "Targets (issue 14): gojob on PostgreSQL >= 1.5x the best peer's throughput in the same run, "
             "idle p50 no higher than the best peer's.", ""]
     for n, (b, who) in sorted(best.items()):
-        for label in ("gojob-seq", "gojob-bulk"):
+        for label in [x for x in labels if "gojob" in x]:
             if (label, n) in medians:
                 ratio = medians[(label, n)] / b
                 out.append(f"- N={n}: {label} {medians[(label, n)]:,.0f} jobs/s = {ratio:.2f}x the best peer "
@@ -208,7 +218,7 @@ def summarize(records: list[dict[str, Any]], labels: list[str], ns: list[int], r
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=DEFAULT_CONFIGS)
     ap.add_argument("--ns", nargs="+", type=int, default=[2000, 10000], help="jobs per throughput run")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--lat-n", type=int, default=200, help="jobs of the latency run (0: none)")
