@@ -2,7 +2,7 @@
 
 Every scenario runs on every store it makes sense for: ``memory`` (several Managers sharing one
 MemoryStore in this process; a kill is ``stop(abandon=True)``), ``valkey``, ``redis``, ``etcd``,
-``postgres`` and ``sqlite`` (nodes are OS processes; a kill is SIGKILL). The network stores use the
+``postgres``, ``mysql`` (MariaDB) and ``sqlite`` (nodes are OS processes; a kill is SIGKILL). The network stores use the
 session's servers (a key prefix per test; PostgreSQL: a schema per test) or, for the restart scenario, a
 server of the test's own with persistence on (PostgreSQL: its data directory kept). SQLite has no server:
 the nodes of a test share one database file in the test's directory, on this host. Servers and nodes
@@ -31,6 +31,7 @@ if str(HERE) not in sys.path:
 from fault_support import LEASE, STORES, Cluster, MemoryCluster, ProcessCluster, store_url  # noqa: E402
 from gojob_core.testing.servers import Server  # noqa: E402
 from gojob_store_etcd.testing import find_etcd, start_etcd_server  # noqa: E402
+from gojob_store_mysql.testing import MariadbServer, mysql_server, start_mariadb  # noqa: E402, F401
 from gojob_store_postgres.testing import PostgresServer, postgres_server, start_postgres  # noqa: E402, F401
 from gojob_store_resp.testing import find_redis_server, find_valkey_server, start_resp_server  # noqa: E402
 
@@ -50,11 +51,18 @@ def store(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def dedicated_server(store: str, tmp_path: Path) -> Iterator[Server | PostgresServer | None]:
+def dedicated_server(store: str, tmp_path: Path) -> Iterator[Server | PostgresServer | MariadbServer | None]:
     """A server of this test's own (Valkey/Redis with AOF, etcd and PostgreSQL with their data dirs), for
     restarts. ``restart()`` stops it and starts it again on the same port with the same data."""
     if store in ("memory", "sqlite"):
         yield None
+        return
+    if store == "mysql":
+        my = start_mariadb()
+        try:
+            yield my
+        finally:
+            my.cleanup()
         return
     if store == "postgres":
         # in a directory of the system's temporary one, which the postgres user (root runs the server
@@ -89,16 +97,16 @@ def cluster(store: str, request: pytest.FixtureRequest,
     The nodes and the client are stopped when the block ends (in the test's own task: a Manager must be
     stopped by the task that started it); any node process still alive at teardown is killed by PID."""
     made: list[Cluster] = []
-    shared: Server | PostgresServer | Path | None
+    shared: Server | PostgresServer | MariadbServer | Path | None
     if store == "memory":
         shared = None
     elif store == "sqlite":
         shared = tmp_path  # the database file's directory: no server
-    else:  # valkey_server, redis_server, etcd_server (the root conftest's plugins), postgres_server (above)
+    else:  # valkey_server, redis_server, etcd_server (the root conftest's plugins); postgres_server, mysql_server
         shared = request.getfixturevalue(f"{store}_server")
 
     @contextlib.asynccontextmanager
-    async def open_cluster(*, server: Server | PostgresServer | None = None,
+    async def open_cluster(*, server: Server | PostgresServer | MariadbServer | None = None,
                            lease: float | None = None) -> AsyncIterator[Cluster]:
         out = tmp_path / f"run{len(made)}"
         out.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 ORDER = ["baseline", "node killed + restarted", "store server restart", "store server down > lease",
          "cron across nodes, kill mid-fire",
          "cancel storm", "poison jobs", "corrupt records", "hostile gRPC input"]
-STORES = ["memory", "valkey", "redis", "etcd", "postgres", "sqlite"]
+STORES = ["memory", "valkey", "redis", "etcd", "postgres", "mysql", "sqlite"]
 HEAD = ("| scenario | store | instances | faults | lost | duplicated | unexpected re-runs | explained re-runs "
         "| recovery p50 / max | result |")
 

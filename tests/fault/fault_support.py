@@ -37,14 +37,15 @@ HERE = Path(__file__).resolve().parent
 NODE_PROGRAM = HERE / "fault_node.py"
 REPORT_ENV = "GOJOB_FAULT_REPORT"
 
-STORES = ["memory", "valkey", "redis", "etcd", "postgres", "sqlite"]
+STORES = ["memory", "valkey", "redis", "etcd", "postgres", "mysql", "sqlite"]
 #: the stores with a server of their own, which the restart scenarios stop and start again
-NETWORK_STORES = ["valkey", "redis", "etcd", "postgres"]
+NETWORK_STORES = ["valkey", "redis", "etcd", "postgres", "mysql"]
 #: the stores that keep bytes, which can hold records they cannot read (memory holds objects)
-BYTE_STORES = ["valkey", "redis", "etcd", "postgres", "sqlite"]
+BYTE_STORES = ["valkey", "redis", "etcd", "postgres", "mysql", "sqlite"]
 #: lease time of the nodes: short, so that a dead node's work comes back within seconds; long enough
 #: that a node of a loaded 2-core CI machine does not miss two heartbeats in a row (every lease/3)
-LEASE = {"memory": 2.0, "valkey": 3.0, "redis": 3.0, "etcd": 3.0, "postgres": 3.0, "sqlite": 3.0}
+LEASE = {"memory": 2.0, "valkey": 3.0, "redis": 3.0, "etcd": 3.0, "postgres": 3.0, "mysql": 3.0,
+         "sqlite": 3.0}
 
 _ENDS = ("f", "x", "r", "c")
 _WAITING = (State.CREATED, State.SCHEDULED)
@@ -58,6 +59,8 @@ def store_url(kind: str, server: Any) -> str:
         return f"{server.url('etcd')}?prefix=/f{tag}/"
     if kind == "postgres":
         return str(server.url(schema=f"f{tag}"))
+    if kind == "mysql":
+        return str(server.url(f"f{tag}"))
     if kind == "sqlite":
         return f"sqlite://{Path(server).resolve()}/f{tag}.db"
     return f"{server.url(kind)}?prefix=f{tag}:"

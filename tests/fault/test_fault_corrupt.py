@@ -115,7 +115,7 @@ async def test_corrupt_records_are_reported_and_set_aside(store: str, cluster) -
     async with cluster() as c:
         if store == "etcd":
             v, good, bad = await _etcd(c, store, t0)
-        elif store in ("postgres", "sqlite"):
+        elif store in ("postgres", "mysql", "sqlite"):
             v, good, bad = await _sql(c, store, t0)
         else:
             v, good, bad = await _resp(c, store, t0)
@@ -336,6 +336,47 @@ class _PgRaw(_Raw):
         await self.conn.close()
 
 
+class _MysqlRaw(_Raw):
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def open(cls, url: str) -> _MysqlRaw:
+        import asyncmy
+        from gojob_store_mysql import parse_mysql_url
+
+        o = parse_mysql_url(url)
+        conn = await asyncmy.connect(host=o.host, port=o.port, user=o.user, password=o.password or "",
+                                     database=o.database, autocommit=True, charset="utf8mb4", binary_prefix=True)
+        async with conn.cursor() as cur:
+            await cur.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')")
+        return cls(conn)
+
+    def table(self, short: str) -> str:
+        return f'"gojob_{short}"'
+
+    def ph(self, n: int) -> str:
+        return "%s"
+
+    async def rows(self, sql: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        async with self.conn.cursor() as cur:
+            await cur.execute(sql, list(args))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in await cur.fetchall()]
+
+    async def execute(self, sql: str, args: Sequence[Any]) -> None:
+        async with self.conn.cursor() as cur:
+            await cur.execute(sql, list(args))
+
+    async def insert(self, sql: str, args: Sequence[Any]) -> int:
+        async with self.conn.cursor() as cur:
+            await cur.execute(sql, list(args))
+            return int(cur.lastrowid)
+
+    async def close(self) -> None:
+        await self.conn.ensure_closed()
+
+
 class _SqliteRaw(_Raw):
     def __init__(self, path: str) -> None:
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -383,7 +424,8 @@ def _norm(value: Any) -> Any:
 
 async def _sql(c: Cluster, store: str, t0: float) -> tuple[Verdict, list[str], list[str]]:
     assert isinstance(c, ProcessCluster)
-    raw: _Raw = await (_PgRaw.open(c.url) if store == "postgres" else _SqliteRaw.open(c.url))
+    opener = {"postgres": _PgRaw.open, "mysql": _MysqlRaw.open, "sqlite": _SqliteRaw.open}[store]
+    raw: _Raw = await opener(c.url)
     try:
         return await _sql_with(c, store, raw)
     finally:
