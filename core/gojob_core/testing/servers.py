@@ -1,7 +1,8 @@
 """Real servers for store tests, on free loopback ports, stopped by PID: what every store plugin's
-fixtures are built from (:class:`Server`, :func:`spawn`, :func:`wait_ready`, :func:`free_port`, test
-certificates). Each store plugin owns its own server fixtures: ``gojob_store_resp.testing`` (Redis,
-Valkey), ``gojob_store_etcd.testing`` (etcd), ``gojob_store_postgres.testing`` (PostgreSQL). A missing
+fixtures are built from (:class:`Server`, :class:`DataServer` for database servers with a data directory,
+:func:`spawn`, :func:`wait_ready`, :func:`free_port`, test certificates). Each store plugin owns its own
+server fixtures: ``gojob_store_resp.testing`` (Redis, Valkey), ``gojob_store_etcd.testing`` (etcd),
+``gojob_store_postgres.testing`` (PostgreSQL), ``gojob_store_mysql.testing`` (MariaDB). A missing
 server binary is an error, never a skip: a test run that cannot reach its server must fail.
 """
 
@@ -19,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Server", "ca_signed_certificate", "find_binary", "free_port", "package_file", "require_binary",
-           "self_signed_certificate", "spawn", "tcp_accepts", "wait_ready"]
+__all__ = ["DataServer", "Server", "ca_signed_certificate", "find_binary", "free_port", "package_file",
+           "require_binary", "self_signed_certificate", "spawn", "tcp_accepts", "wait_ready"]
 
 
 def free_port() -> int:
@@ -93,6 +94,81 @@ class Server:
         self.proc = spawn(self.argv, self.workdir)
         probe = self.probe or tcp_accepts
         wait_ready(self, lambda: probe(self.port))
+
+
+@dataclass(kw_only=True)
+class DataServer:
+    """A database server this test session started in a data directory of its own (``workdir``), run
+    as ``run_as`` (uid, gid) when root starts it (PostgreSQL and MariaDB refuse root), stopped by PID.
+    Subclasses set ``name``, the stop signal, and how readiness is probed (:meth:`ready`)."""
+
+    workdir: Path
+    port: int
+    host: str = "127.0.0.1"
+    proc: subprocess.Popen[bytes] | None = None
+    argv: list[str] = field(default_factory=list)
+    run_as: tuple[int, int] | None = None
+    name = "server"
+    stop_signal = signal.SIGTERM
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def env(self) -> dict[str, str] | None:
+        """The server's environment (None: this process's)."""
+        return None
+
+    def ready(self) -> bool:
+        """Whether the server takes clients (a TCP connect unless a subclass knows better)."""
+        return tcp_accepts(self.port)
+
+    def _spawn(self) -> None:
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - the child owns it
+        try:
+            kw: dict[str, object] = {}
+            if self.run_as is not None:
+                kw = {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         cwd=self.workdir, start_new_session=True, env=self.env(),
+                                         **kw)  # type: ignore[call-overload]
+        finally:
+            log.close()
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                break
+            if self.ready():
+                return
+            time.sleep(0.05)
+        log = (self.workdir / "server.log").read_text(errors="replace")[-3000:]
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start on port {self.port}:\n{log}")
+
+    def stop(self, sig: int | None = None) -> None:
+        """Stop the server (by default with its clean-shutdown signal, which ends client sessions)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(self.stop_signal if sig is None else sig)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same data (what was committed survives)."""
+        self.stop()
+        self._spawn()
+        self._wait_ready()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def tcp_accepts(port: int) -> bool:

@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gojob_core.testing.servers import free_port, tcp_accepts
+from gojob_core.testing.servers import DataServer, free_port
 
 __all__ = ["MariadbServer", "find_mariadb_bindir", "mysql_server", "start_mariadb"]
 
@@ -54,24 +51,14 @@ def _exe(directory: str, name: str) -> str | None:
     return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
 
 
-@dataclass
-class MariadbServer:
+@dataclass(kw_only=True)
+class MariadbServer(DataServer):
     """A MariaDB server this test session started (``proc`` None: one named by ``$GOJOB_MYSQL_URL``,
-    not ours to stop); ``stop()`` ends it by PID."""
+    not ours to stop); ``stop()`` ends it by PID (SIGTERM: a clean shutdown)."""
 
-    workdir: Path
-    port: int
-    host: str = "127.0.0.1"
     user: str = USER
     password: str = PASSWORD
-    proc: subprocess.Popen[bytes] | None = None
-    argv: list[str] = field(default_factory=list)
-    run_as: tuple[int, int] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    name = "mariadbd"
 
     def url(self, database: str = "gojob", **params: Any) -> str:
         """A store URL for ``database`` on this server (the store creates the database if missing)."""
@@ -79,60 +66,22 @@ class MariadbServer:
         base = f"mysql://{self.user}:{self.password}@{self.host}:{self.port}/{database}"
         return base + (f"?{query}" if query else "")
 
-    def _spawn(self) -> None:
-        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - the child owns it
-        try:
-            kw: dict[str, Any] = {}
-            if self.run_as is not None:
-                kw = {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.workdir, start_new_session=True, **kw)
-        finally:
-            log.close()
-
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                break
-            if tcp_accepts(self.port):  # MariaDB listens once recovery and the init file are done
-                return
-            time.sleep(0.05)
-        log = (self.workdir / "server.log").read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"mariadbd did not start on port {self.port}:\n{log}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the server (SIGTERM: a clean shutdown, which ends client sessions)."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
     def restart(self) -> None:
-        """Stop and start again on the same port with the same data (what was committed survives)."""
         if self.proc is None:
             raise RuntimeError("this server was not started by the fixture ($GOJOB_MYSQL_URL): cannot restart it")
-        self.stop()
-        self._spawn()
-        self._wait_ready()
+        super().restart()
 
     def cleanup(self) -> None:
-        self.stop()
-        if self.proc is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.proc is not None:  # a server of $GOJOB_MYSQL_URL is not ours to stop or delete
+            super().cleanup()
 
 
 def _from_env(url: str) -> MariadbServer:
     from gojob_store_mysql.store import parse_mysql_url
 
     opts = parse_mysql_url(url)
-    return MariadbServer(Path("."), opts.port, host=opts.host, user=opts.user or "", password=opts.password or "")
+    return MariadbServer(workdir=Path("."), port=opts.port, host=opts.host, user=opts.user or "",
+                         password=opts.password or "")
 
 
 def start_mariadb(workdir: Path | None = None) -> MariadbServer:
@@ -173,7 +122,7 @@ def start_mariadb(workdir: Path | None = None) -> MariadbServer:
     if made.returncode != 0:
         raise RuntimeError(f"mariadb-install-db failed ({made.returncode}):\n{made.stdout.decode(errors='replace')}\n"
                            f"{made.stderr.decode(errors='replace')}")
-    server = MariadbServer(workdir, 0, run_as=run_as)
+    server = MariadbServer(workdir=workdir, port=0, run_as=run_as)
     last: Exception | None = None
     for _ in range(3):
         server.port = free_port()

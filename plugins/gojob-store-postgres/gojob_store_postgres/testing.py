@@ -23,13 +23,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gojob_core.testing.servers import DataServer
 
 __all__ = ["PostgresServer", "find_postgres_bindir", "postgres_server", "start_postgres"]
 
@@ -66,22 +66,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class PostgresServer:
-    """A PostgreSQL server this test session started; ``stop()`` ends it by PID."""
+@dataclass(kw_only=True)
+class PostgresServer(DataServer):
+    """A PostgreSQL server this test session started; ``stop()`` ends it by PID (SIGINT: PostgreSQL's
+    fast shutdown, which ends client sessions)."""
 
     bindir: str
-    workdir: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-    user: tuple[int, int] | None = None  # (uid, gid) it runs as, when started by root
-    host: str = "127.0.0.1"
-    argv: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+    name = "postgres"
+    stop_signal = signal.SIGINT
 
     @property
     def datadir(self) -> Path:
@@ -91,50 +83,11 @@ class PostgresServer:
         query = "&".join(f"{k}={v}" for k, v in params.items())
         return f"{scheme}://{SUPERUSER}@{self.host}:{self.port}/{database}" + (f"?{query}" if query else "")
 
-    def _spawn(self) -> None:
-        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 - the child owns it
-        try:
-            kw: dict[str, Any] = {}
-            if self.user is not None:
-                kw = {"user": self.user[0], "group": self.user[1], "extra_groups": []}
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=self.workdir, start_new_session=True, env=_env(), **kw)
-        finally:
-            log.close()
+    def env(self) -> dict[str, str]:
+        return _env()
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                break
-            if _accepts(self.port):
-                return
-            time.sleep(0.05)
-        log = (self.workdir / "server.log").read_text(errors="replace")[-3000:]
-        self.stop()
-        raise RuntimeError(f"postgres did not start on port {self.port}:\n{log}")
-
-    def stop(self, sig: int = signal.SIGINT) -> None:
-        """Stop the server (SIGINT: PostgreSQL's fast shutdown, which ends client sessions)."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port with the same data (what was committed survives)."""
-        self.stop()
-        self._spawn()
-        self._wait_ready()
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+    def ready(self) -> bool:
+        return _accepts(self.port)
 
 
 def _env() -> dict[str, str]:
@@ -181,7 +134,7 @@ def start_postgres(workdir: Path | None = None, *, bindir: str | None = None) ->
         user = (pw.pw_uid, pw.pw_gid)
         os.chown(workdir, *user)
         os.chmod(workdir, 0o700)
-    server = PostgresServer(bindir, workdir, 0, user=user)
+    server = PostgresServer(bindir=bindir, workdir=workdir, port=0, run_as=user)
     kw: dict[str, Any] = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
     init = subprocess.run([os.path.join(bindir, "initdb"), "-D", str(server.datadir), "-U", SUPERUSER,
                            "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
