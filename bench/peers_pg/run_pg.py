@@ -228,6 +228,7 @@ def main() -> int:
     ap.add_argument("--statements", action="store_true",
                     help="diagnosis, not for the table: load pg_stat_statements and list each run's costliest "
                          "statements (server execution time per job)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the header (repeatable)")
     ap.add_argument("--raw", type=Path, default=BENCH / "results" / "raw" / "peers-pg",
                     help="each run's output (git-ignored)")
     a = ap.parse_args()
@@ -282,7 +283,7 @@ def main() -> int:
             f"{a.reps} reps per N, interleaved; latency: 1 run of {a.lat_n} jobs, 20-520 ms idle gaps",
             "- CPU µs/job: from just before the first measured enqueue to the end of the run (incl. peerlib's "
             "0.3 s wait for duplicates); server = all PostgreSQL processes",
-            "", ""]
+            *(f"- {note}" for note in a.note), "", ""]
     text = "\n".join(head) + summarize(records, a.configs, a.ns, a.reps) + "\n"
     if a.statements:
         text += "\n## Costliest statements per run (pg_stat_statements: server execution µs per job)\n"
