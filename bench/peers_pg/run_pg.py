@@ -237,14 +237,12 @@ def main() -> int:
 
     a.raw.mkdir(parents=True, exist_ok=True)
     server = start_postgres()
-    if a.statements:
-        asyncio.run(_enable_statements(server))
     version = subprocess.run([os.path.join(server.bindir, "postgres"), "--version"], capture_output=True,
                              text=True).stdout.strip()
     started = dt.datetime.now(dt.UTC)
     load0 = os.getloadavg()
     records: list[dict[str, Any]] = []
-    sink = a.jsonl.open("w") if a.jsonl else None
+    sink = None
 
     def keep(rec: dict[str, Any]) -> None:
         records.append(rec)
@@ -257,6 +255,9 @@ def main() -> int:
               f"ok={rec.get('ok')} {what}", file=sys.stderr, flush=True)
 
     try:
+        if a.statements:
+            asyncio.run(_enable_statements(server))
+        sink = a.jsonl.open("w") if a.jsonl else None
         for rep in range(1, a.reps + 1):
             for n in a.ns:
                 for label in a.configs:
