@@ -25,14 +25,16 @@ import ssl as _ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import unquote
 
 import asyncmy
 import asyncmy.errors
+from asyncmy.constants import CLIENT
 from gojob_core import Instance, LogRecord, StateRecord, StoreError
 from gojob_core._urls import parse_hosts
 from gojob_store_sql import (
+    INSTANCE_COLUMNS,
     MUTABLE_COLUMNS,
     SCHEMA_VERSION,
     Aside,
@@ -155,6 +157,12 @@ def _close_made(task: asyncio.Future[Any]) -> None:
         task.result().close()
 
 
+class _Result(NamedTuple):
+    rows: list[Any]
+    rowcount: int
+    insert_id: int
+
+
 class _Pool:
     """At most ``size`` connections, made on demand and kept while they work. A connection whose use
     raised (an error, a cancel) is closed, not reused: its protocol state is unknown, and closing it
@@ -206,18 +214,21 @@ class MysqlBackend(SqlBackend):
         self._sql_expired = d.select_expired()
         self._sql_schedule = d.select_schedule()
         self._sql_upsert_schedule = d.upsert_schedule()
-        self._sql_insert = d.insert_instance()
-        self._sql_history = d.insert_history()
-        self._sql_log = d.insert_log()
         self._sql_seq = (f"UPDATE {d.meta} SET value = LAST_INSERT_ID(CAST(value AS UNSIGNED) + %s) "
                          "WHERE \"key\" = 'seq'")
         self._sql_due = (f"SELECT 1 FROM {d.instances} WHERE state = 'SCHEDULED' AND aside = FALSE "
                          "AND ready_ts <= %s LIMIT 1")
         mut = MUTABLE_COLUMNS
-        first = ", ".join(f"%s AS {c}" for c in ("uuid", *mut, "seq"))
+        first = ", ".join(f"%s AS {c}" for c in ("uuid", *mut, "k"))
         self._update_row = f"SELECT {first}"
         self._update_more = f"SELECT {', '.join(['%s'] * (len(mut) + 2))}"
-        self._update_set = ", ".join(f"i.{c} = v.{c}" for c in mut) + ", i.seq = COALESCE(v.seq, i.seq)"
+        self._update_set = ", ".join(f"i.{c} = v.{c}" for c in mut)
+        self._instance_head = (f"INSERT INTO {d.instances} ({', '.join(INSTANCE_COLUMNS)}) VALUES ",
+                               len(INSTANCE_COLUMNS))
+        hist = ("uuid", "kind", "state", "ts", "attempt", "node", "detail")
+        self._history_head = f"INSERT INTO {d.history} ({', '.join(hist)}) VALUES ", len(hist)
+        logs = ("uuid", "kind", "level", "message", "ts", "attempt", "node")
+        self._log_head = f"INSERT INTO {d.logs} ({', '.join(logs)}) VALUES ", len(logs)
 
     # -- connections ----------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -260,7 +271,7 @@ class MysqlBackend(SqlBackend):
             host=o.host, port=o.port, user=o.user, password=o.password or "",
             database=o.database if database is None else (database or None), charset="utf8mb4",
             autocommit=True, connect_timeout=o.connect_timeout, read_timeout=o.timeout, binary_prefix=True,
-            ssl=self._ssl, program_name="gojob")
+            ssl=self._ssl, program_name="gojob", client_flag=CLIENT.MULTI_STATEMENTS)
         try:
             async with conn.cursor() as cur:
                 # text as the tables keep it (compares byte for byte); a locking read keeps locks on the
@@ -354,16 +365,32 @@ class MysqlBackend(SqlBackend):
             await pool.aclose()
 
     # -- transactions -----------------------------------------------------------------------------------
+    async def _batch(self, cur: Any, parts: Sequence[tuple[str, Sequence[Any]]]) -> list[_Result]:
+        """Run several statements in one round trip (one multi-statement query); each one's result:
+        its rows, its affected-row count, its insert id. The first that fails raises (the rest do not
+        run; the connection is then closed, which ends its transaction)."""
+        await cur.execute("; ".join(sql for sql, _ in parts), [a for _, args in parts for a in args])
+        out: list[_Result] = []
+        while True:
+            out.append(_Result(list(await cur.fetchall()), cur.rowcount, cur.lastrowid))
+            if not await cur.nextset():
+                break
+        if len(out) != len(parts):
+            raise StoreError(f"{self.where}: {len(parts)} statements gave {len(out)} results")
+        return out
+
     async def transact(self, reads: Reads, decide: Callable[[Rows], tuple[T, Writes]]) -> tuple[T, Writes]:
         for attempt in range(4):
             try:
-                async with self._errors("a transaction"), self._pool_or_fail().acquire() as conn:
-                    async with conn.cursor() as cur:
-                        await cur.execute("START TRANSACTION")
-                        rows = await self._read(cur, reads)
-                        result, writes = decide(rows)
-                        await self._write(cur, writes)
-                    await conn.commit()
+                async with self._errors("a transaction"), self._pool_or_fail().acquire() as conn, \
+                        conn.cursor() as cur:
+                    parts, into = self._read_parts(reads)
+                    rows = Rows()
+                    for target, res in zip(into, await self._batch(cur, parts)):
+                        if target is not None:
+                            getattr(rows, target).extend(res.rows)
+                    result, writes = decide(rows)
+                    await self._batch(cur, [*self._write_parts(writes), ("COMMIT", ())])
                 return result, writes
             except StoreError as exc:
                 if _code(exc.__cause__) in _RETRY and attempt < 3:
@@ -371,107 +398,117 @@ class MysqlBackend(SqlBackend):
                 raise
         raise AssertionError("unreachable")
 
-    async def _fetch(self, cur: Any, sql: str, args: Sequence[Any]) -> list[Any]:
-        await cur.execute(sql, args)
-        return list(await cur.fetchall())
-
-    async def _read(self, cur: Any, reads: Reads) -> Rows:
-        rows = Rows()
+    def _read_parts(self, reads: Reads) -> tuple[list[tuple[str, Sequence[Any]]], list[str | None]]:
+        """The statements of a transaction's first round trip, and which field of Rows each one fills."""
+        parts: list[tuple[str, Sequence[Any]]] = [("START TRANSACTION", ())]
+        into: list[str | None] = [None]
         if reads.cancel_schedule is not None:
-            await cur.execute(self._sql_upsert_schedule, (reads.cancel_schedule, True))
-            rows.schedule = await self._fetch(cur, self._sql_schedule, (reads.cancel_schedule,))
+            parts += [(self._sql_upsert_schedule, (reads.cancel_schedule, True)),
+                      (self._sql_schedule, (reads.cancel_schedule,))]
+            into += [None, "schedule"]
         for k in range(0, len(reads.uuids), _CHUNK):
             part = list(reads.uuids[k:k + _CHUNK])
-            rows.by_uuid += await self._fetch(cur, self.dialect.select_uuids(len(part)), part)
+            parts.append((self.dialect.select_uuids(len(part)), part))
+            into.append("by_uuid")
         if reads.claim:
-            rows.claim = await self._fetch(cur, self._sql_claim, (reads.ts, reads.claim))
+            parts.append((self._sql_claim, (reads.ts, reads.claim)))
+            into.append("claim")
         if reads.expired:
-            rows.expired = await self._fetch(cur, self._sql_expired, (reads.ts, reads.expired))
-        return rows
+            parts.append((self._sql_expired, (reads.ts, reads.expired)))
+            into.append("expired")
+        return parts, into
 
-    async def _seqs(self, cur: Any, n: int) -> int:
-        """Take ``n`` FIFO numbers; returns the first."""
-        await cur.execute(self._sql_seq, (n,))
-        return int(cur.lastrowid) - n + 1
-
-    async def _write(self, cur: Any, w: Writes) -> None:
+    def _write_parts(self, w: Writes) -> list[tuple[str, Sequence[Any]]]:
+        """The statements of a transaction's writes. Instances that re-enter the queue take FIFO numbers
+        in the same round trip: the counter's statement sets LAST_INSERT_ID(), which the row update
+        reads (the k-th of n such rows gets LAST_INSERT_ID() - n + 1 + k)."""
+        parts: list[tuple[str, Sequence[Any]]] = []
         if w.updates:
             n = sum(1 for _, requeue in w.updates if requeue)
-            seq = await self._seqs(cur, n) if n else 0
-            for k in range(0, len(w.updates), _CHUNK):
-                part = w.updates[k:k + _CHUNK]
+            if n:
+                parts.append((self._sql_seq, (n,)))
+            k = 0
+            for c in range(0, len(w.updates), _CHUNK):
+                chunk = w.updates[c:c + _CHUNK]
                 args: list[Any] = []
-                for inst, requeue in part:
-                    new_seq = None
-                    if requeue:
-                        inst.seq = new_seq = seq
-                        seq += 1
-                    args += (inst.uuid, *mutable_values(inst), new_seq)
-                values = " UNION ALL ".join([self._update_row] + [self._update_more] * (len(part) - 1))
-                await cur.execute(f"UPDATE {self.dialect.instances} AS i JOIN ({values}) AS v ON i.uuid = v.uuid "
-                                  f"SET {self._update_set}", args)
+                for inst, requeue in chunk:
+                    args += (inst.uuid, *mutable_values(inst), k if requeue else None)
+                    k += requeue
+                values = " UNION ALL ".join([self._update_row] + [self._update_more] * (len(chunk) - 1))
+                parts.append((f"UPDATE {self.dialect.instances} AS i JOIN ({values}) AS v ON i.uuid = v.uuid "
+                              f"SET {self._update_set}, "
+                              f"i.seq = IF(v.k IS NULL, i.seq, LAST_INSERT_ID() - {n} + 1 + v.k)",
+                              args))
         if w.history:
-            await cur.executemany(self._sql_history, [(r.uuid, r.kind, r.state.value, r.ts, r.attempt, r.node,
-                                                       r.detail) for r in w.history])
-        if w.aside:
-            await self._write_aside(cur, w.aside)
+            parts += self._insert_rows(self._history_head, [
+                (r.uuid, r.kind, r.state.value, r.ts, r.attempt, r.node, r.detail) for r in w.history])
+        for a in w.aside:
+            parts += self._aside_parts(a)
+        return parts
 
-    async def _write_aside(self, cur: Any, asides: Sequence[Aside]) -> None:
+    def _insert_rows(self, head: tuple[str, int], rows: Sequence[Sequence[Any]]) -> list[tuple[str, Sequence[Any]]]:
+        """Multi-row INSERT statements (``head``: the statement up to VALUES, and the row width)."""
+        sql, width = head
+        mark = "(" + ", ".join(["%s"] * width) + ")"
+        return [(sql + ", ".join([mark] * len(rows[c:c + _CHUNK])), [v for row in rows[c:c + _CHUNK] for v in row])
+                for c in range(0, len(rows), _CHUNK)]
+
+    def _aside_parts(self, a: Aside) -> list[tuple[str, Sequence[Any]]]:
         d = self.dialect
-        for a in asides:
-            await cur.execute(d.report_corrupt(), (a.key, a.source, a.reason, time.time(), a.raw))
-            await cur.execute(d.flag_aside(a.source), (a.ident,))
+        return [(d.report_corrupt(), (a.key, a.source, a.reason, time.time(), a.raw)),
+                (d.flag_aside(a.source), (a.ident,))]
 
     async def enqueue(self, items: Sequence[tuple[Instance, list[StateRecord]]], chained: bool) -> set[str]:
         for attempt in range(4):
             try:
-                async with self._errors("enqueue"), self._pool_or_fail().acquire() as conn:
-                    async with conn.cursor() as cur:
-                        seq = await self._seqs(cur, len(items))  # before the transaction: see the module's doc
-                        await cur.execute("START TRANSACTION")
-                        added = await self._enqueue(cur, items, chained, seq)
-                    await conn.commit()
-                return added
+                async with self._errors("enqueue"), self._pool_or_fail().acquire() as conn, conn.cursor() as cur:
+                    return await self._enqueue(cur, items, chained)
             except StoreError as exc:
                 if _code(exc.__cause__) in (*_RETRY, _DUPLICATE) and attempt < 3:
                     continue  # two enqueues of one uuid at once: the loser finds it there next time
                 raise
         raise AssertionError("unreachable")
 
-    async def _enqueue(self, cur: Any, items: Sequence[tuple[Instance, list[StateRecord]]], chained: bool,
-                       seq: int) -> set[str]:
+    async def _enqueue(self, cur: Any, items: Sequence[tuple[Instance, list[StateRecord]]], chained: bool) -> set[str]:
+        """Two round trips: (the FIFO numbers, taken before the transaction: see the module's doc; the
+        schedules' rows; which uuids exist), then (the new rows, their history, COMMIT)."""
         d = self.dialect
         sids = sorted({i.schedule_id for i, _ in items if i.schedule_id is not None})
-        canceled: set[str] = set()
+        uuids = [i.uuid for i, _ in items]
+        parts: list[tuple[str, Sequence[Any]]] = [(self._sql_seq, (len(items),)), ("START TRANSACTION", ())]
+        canceled_at: list[int] = []
+        existing_at: list[int] = []
+        keep = "canceled" if chained else "FALSE"
         for k in range(0, len(sids), _CHUNK):
             part = sids[k:k + _CHUNK]
             # the schedules' rows, locked against a racing cancel: a chained enqueue keeps a cancel, a new
             # schedule call re-opens it
-            keep = "canceled" if chained else "FALSE"
-            await cur.execute(f"INSERT INTO {d.schedules} (sid, canceled) VALUES "
-                              + ", ".join(["(%s, FALSE)"] * len(part))
-                              + f" ON DUPLICATE KEY UPDATE canceled = {keep}", part)
+            parts.append((f"INSERT INTO {d.schedules} (sid, canceled) VALUES " + ", ".join(["(%s, FALSE)"] * len(part))
+                          + f" ON DUPLICATE KEY UPDATE canceled = {keep}", part))
             if chained:
-                marks = ", ".join(["%s"] * len(part))
-                rows = await self._fetch(cur, f"SELECT sid FROM {d.schedules} WHERE sid IN ({marks}) "
-                                              "AND canceled = TRUE", part)
-                canceled |= {r[0] for r in rows}
-        uuids = [i.uuid for i, _ in items]
-        existing: set[str] = set()
+                canceled_at.append(len(parts))
+                parts.append((f"SELECT sid FROM {d.schedules} WHERE sid IN ({', '.join(['%s'] * len(part))}) "
+                              "AND canceled = TRUE", part))
         for k in range(0, len(uuids), _CHUNK):
             part = uuids[k:k + _CHUNK]
-            marks = ", ".join(["%s"] * len(part))
-            existing |= {r[0] for r in await self._fetch(cur, f"SELECT uuid FROM {d.instances} WHERE uuid IN "
-                                                              f"({marks})", part)}
+            existing_at.append(len(parts))
+            parts.append((f"SELECT uuid FROM {d.instances} WHERE uuid IN ({', '.join(['%s'] * len(part))})", part))
+        res = await self._batch(cur, parts)
+        seq = int(res[0].insert_id) - len(items) + 1
+        canceled = {r[0] for i in canceled_at for r in res[i].rows}
+        existing = {r[0] for i in existing_at for r in res[i].rows}
         new = [(i, h) for i, h in items if i.uuid not in existing and i.schedule_id not in canceled]
-        if not new:
-            return set()
         for n, (inst, _) in enumerate(new):
             inst.seq = seq + n
-        await cur.executemany(self._sql_insert, [instance_values(i) for i, _ in new])
-        await cur.executemany(self._sql_history, [(r.uuid, r.kind, r.state.value, r.ts, r.attempt, r.node, r.detail)
-                                                  for _, h in new for r in h])
+        writes = [*self._insert_rows(self._instance_head, [instance_values(i) for i, _ in new]),
+                  *self._insert_rows(self._history_head, [(r.uuid, r.kind, r.state.value, r.ts, r.attempt, r.node,
+                                                           r.detail) for _, h in new for r in h])]
+        await self._batch(cur, [*writes, ("COMMIT", ())])
         return {i.uuid for i, _ in new}
+
+    async def _fetch(self, cur: Any, sql: str, args: Sequence[Any]) -> list[Any]:
+        await cur.execute(sql, args)
+        return list(await cur.fetchall())
 
     # -- plain statements -------------------------------------------------------------------------------
     async def fetch(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -485,14 +522,13 @@ class MysqlBackend(SqlBackend):
     async def append_logs(self, records: Sequence[LogRecord]) -> None:
         rows = [(r.uuid, r.kind, r.level.value, r.message, r.ts, r.attempt, r.node) for r in records]
         async with self._errors("writing logs"), self._pool_or_fail().acquire() as conn, conn.cursor() as cur:
-            await cur.executemany(self._sql_log, rows)
+            await self._batch(cur, self._insert_rows(self._log_head, rows))
 
     async def set_aside(self, asides: Sequence[Aside]) -> None:
-        async with self._errors("setting a record aside"), self._pool_or_fail().acquire() as conn:
-            async with conn.cursor() as cur:
-                await cur.execute("START TRANSACTION")
-                await self._write_aside(cur, asides)
-            await conn.commit()
+        async with self._errors("setting a record aside"), self._pool_or_fail().acquire() as conn, \
+                conn.cursor() as cur:
+            await self._batch(cur, [("START TRANSACTION", ()), *(p for a in asides for p in self._aside_parts(a)),
+                                    ("COMMIT", ())])
 
     async def drop_corrupt(self, key: str) -> bool:
         d = self.dialect

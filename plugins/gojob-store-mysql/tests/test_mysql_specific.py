@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import asyncmy
 import pytest
-from gojob_core import Job, Manager, StoreError
+from gojob_core import Job, Manager, Query, StoreError
 from gojob_store_mysql import MysqlStore, parse_mysql_url
 from gojob_store_mysql.testing import MariadbServer
 from gojob_store_sql.testing import (
@@ -114,8 +114,6 @@ async def test_ids_compare_byte_for_byte(make_store: Callable[[], MysqlStore]) -
         a, b, c = _inst(1), _inst(2), _inst(3)
         a.kind, b.kind, c.kind = "Report", "report", "réport"
         await store.enqueue([a, b, c])
-        from gojob_core import Query
-
         assert [i.uuid for i in await store.list_instances(Query(kind="report"))] == [b.uuid]
         assert await store.queue_counts() == {"Report": 1, "report": 1, "réport": 1}
 
@@ -248,3 +246,17 @@ async def test_wrong_password_is_an_access_error(mysql_server: MariadbServer) ->
         message = str(err.value)
         assert address in message and "access denied" in message.lower(), message
         assert "wrong-password" not in message
+
+
+async def test_instances_re_entering_the_queue_take_new_fifo_numbers(make_store: Callable[[], MysqlStore]) -> None:
+    """A release (like a retry or a reclaim) gives instances new FIFO numbers: the numbers are taken in the write's own round trip (LAST_INSERT_ID), distinct and past every other
+    (the claim order is priority, ready time, then this number)."""
+    async with make_store() as store:
+        a, b, c = _inst(1), _inst(2), _inst(3)
+        await store.enqueue([a, b])
+        got = await store.claim("n", 2, 30.0)
+        assert {i.uuid for i in got} == {a.uuid, b.uuid}
+        await store.enqueue([c])
+        await store.release("n", [a.uuid, b.uuid])
+        seqs = {i.uuid: i.seq for i in await store.list_instances(Query())}
+        assert seqs[a.uuid] > seqs[c.uuid] and seqs[b.uuid] > seqs[c.uuid] and seqs[a.uuid] != seqs[b.uuid]
