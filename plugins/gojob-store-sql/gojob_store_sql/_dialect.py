@@ -20,13 +20,14 @@ from ._rows import HISTORY_COLUMNS, INSTANCE_COLUMNS, LOG_COLUMNS, MUTABLE_COLUM
 __all__ = ["SCHEMA_VERSION", "Dialect", "PostgresDialect", "SqliteDialect", "check_identifier", "newer_schema"]
 
 #: the schema version this code writes and reads; a database at a newer one is refused at start
-SCHEMA_VERSION = 1
+#: (2: the schedule records table)
+SCHEMA_VERSION = 2
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PREFIX = re.compile(r"[A-Za-z0-9_]*")
 
 #: the tables of one store, by their short names
-TABLES = ("meta", "instances", "history", "logs", "schedules", "corrupt")
+TABLES = ("meta", "instances", "history", "logs", "schedules", "corrupt", "schedule_records")
 
 
 def newer_schema(found: int, where: str) -> StoreError:
@@ -57,6 +58,8 @@ class Dialect:
     FLOAT = "DOUBLE PRECISION"
     BOOL = "BOOLEAN"
     BLOB = "BLOB"
+    #: a text primary key (MySQL needs a bounded VARCHAR there)
+    TEXT_KEY = "TEXT"
     #: the history and log id column (an ever-growing integer key)
     SERIAL_PK = "BIGINT PRIMARY KEY"
 
@@ -86,6 +89,9 @@ class Dialect:
     # -- DDL -----------------------------------------------------------------------------------------
     def ddl(self, version: int) -> list[str]:
         """The statements that take a database from ``version - 1`` to ``version`` (1: create it all)."""
+        if version == 2:
+            return [f"CREATE TABLE IF NOT EXISTS {self.schedule_records} (id {self.TEXT_KEY} PRIMARY KEY, "
+                    f"data {self.TEXT} NOT NULL, version {self.BIGINT} NOT NULL)"]
         if version != 1:
             raise ValueError(f"no schema version {version}")
         T, B, N, F, BO, BL = self.TEXT, self.BIGINT, self.INT, self.FLOAT, self.BOOL, self.BLOB
@@ -239,6 +245,26 @@ class Dialect:
         """Mark a schedule (sid, canceled): canceled or re-opened."""
         return (f"INSERT INTO {self.schedules} (sid, canceled) VALUES ({self.ph(1)}, {self.ph(2)}) "
                 "ON CONFLICT (sid) DO UPDATE SET canceled = excluded.canceled")
+
+    # -- schedule records: plain statements, each in a transaction of its own (compare-and-set by version) --
+    def select_schedule_records(self, one: bool) -> str:
+        """(id, data, version) of every schedule record by id, or of one: (id)."""
+        where = f" WHERE id = {self.ph(1)}" if one else ""
+        return f"SELECT id, data, version FROM {self.schedule_records}{where} ORDER BY id"
+
+    def insert_schedule_record(self) -> str:
+        """(id, data): a new record at version 1; changes no row if the id exists (MySQL: INSERT IGNORE)."""
+        return (f"INSERT INTO {self.schedule_records} (id, data, version) VALUES ({self.ph(1)}, {self.ph(2)}, 1) "
+                "ON CONFLICT (id) DO NOTHING")
+
+    def update_schedule_record(self) -> str:
+        """(data, id, version): the record's next version, only if it is still at that version."""
+        return (f"UPDATE {self.schedule_records} SET data = {self.ph(1)}, version = version + 1 "
+                f"WHERE id = {self.ph(2)} AND version = {self.ph(3)}")
+
+    def delete_schedule_record(self) -> str:
+        """(id, version): only if it is still at that version."""
+        return f"DELETE FROM {self.schedule_records} WHERE id = {self.ph(1)} AND version = {self.ph(2)}"
 
     def update_instance(self) -> str:
         """The columns a transition changes, then the new seq (NULL: keep it), then the uuid."""
