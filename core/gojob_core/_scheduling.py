@@ -132,7 +132,7 @@ class Scheduling:
         from ._triggers import CronTrigger
 
         args, kwargs = bound
-        trigger = CronTrigger(cron.spec, cron.tz_name or cron.tz).bind(ts, job.kind)
+        trigger = CronTrigger(cron.spec, cron.tz_name).bind(ts, job.kind)
         sched = Schedule(id=derived_schedule_id(job.kind, trigger, trigger, args, kwargs), kind=job.kind,
                          trigger=trigger, args=args, kwargs=kwargs, priority=prio, max_retries=retries,
                          timeout=tmo_s, headers=dict(headers or {}), created_ts=ts, max_abandons=job.max_abandons)
