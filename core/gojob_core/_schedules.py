@@ -33,9 +33,9 @@ import anyio
 from ._arguments import ExecutorSignature
 from ._instance import Instance
 from ._job import Job
-from ._scheduling import _NAMESPACE, _UNSET, _check_options, _job_options, _split_arguments
+from ._scheduling import _NAMESPACE, _UNSET, _check_options, _job_options, _split_arguments, seconds_option
 from ._state import State
-from ._time import from_epoch, now, seconds
+from ._time import from_epoch, now
 from ._triggers import CronTrigger, IntervalTrigger, Trigger, trigger_from_dict
 from .abc import ScheduleRecord
 from .errors import InvalidJobError, ScheduleError, ScheduleNotFoundError, StoreError
@@ -175,24 +175,16 @@ def _check_policy(kind: str, misfire_grace_time: Any, coalesce: Any, max_runs: A
                   jitter: Any) -> tuple[float | None, Literal["latest", "all"], int | None, float]:
     grace: float | None = None
     if misfire_grace_time is not None:
-        try:
-            grace = seconds(misfire_grace_time, what="misfire_grace_time")
-        except ValueError as exc:
-            raise ScheduleError(f"job {kind!r}: {exc}") from None
+        grace = seconds_option(kind, misfire_grace_time, "misfire_grace_time")
         if grace < 0:
             raise ScheduleError(f"job {kind!r}: misfire_grace_time must not be negative, got {misfire_grace_time!r}")
     if coalesce not in ("latest", "all"):
         raise ScheduleError(f"job {kind!r}: coalesce must be 'latest' or 'all', got {coalesce!r}")
     if max_runs is not None and (not isinstance(max_runs, int) or isinstance(max_runs, bool) or max_runs < 1):
         raise ScheduleError(f"job {kind!r}: max_runs must be a positive integer or None, got {max_runs!r}")
-    jit = 0.0
-    if jitter is not None:
-        try:
-            jit = seconds(jitter, what="jitter")
-        except ValueError as exc:
-            raise ScheduleError(f"job {kind!r}: {exc}") from None
-        if jit < 0:
-            raise ScheduleError(f"job {kind!r}: jitter must not be negative, got {jitter!r}")
+    jit = 0.0 if jitter is None else seconds_option(kind, jitter, "jitter")
+    if jit < 0:
+        raise ScheduleError(f"job {kind!r}: jitter must not be negative, got {jitter!r}")
     return grace, coalesce, max_runs, jit
 
 

@@ -69,10 +69,7 @@ class Scheduling:
             except ValueError as exc:
                 raise ScheduleError(f"job {kind!r}: {exc}") from None
         elif schedule_after is not None:
-            try:
-                delay = seconds(schedule_after, what="schedule_after")
-            except ValueError as exc:
-                raise ScheduleError(f"job {kind!r}: {exc}") from None
+            delay = seconds_option(kind, schedule_after, "schedule_after")
             if delay < 0:
                 raise ScheduleError(f"job {kind!r}: schedule_after must not be negative, got {schedule_after!r}")
             ready = ts + delay
@@ -161,15 +158,15 @@ class Scheduling:
                           crontab_spec=inst.crontab_spec, timezone=inst.timezone, schedule_id=inst.schedule_id,
                           max_abandons=inst.max_abandons, headers=dict(inst.headers))
         follow._sink = self._log_sink
-        self.plugins.scheduling(self, [follow])
-        [added] = await self.store.enqueue([follow], node=self.node_id, chained=True)
-        job = self._jobs.get(inst.kind)
-        if added and job is not None:
-            follow._sink = self._log_sink
-            if (aw := self._state_changed(follow, State.CREATED, job)) is not None:
-                await aw
-            if (aw := self._state_changed(follow, State.SCHEDULED, job)) is not None:
-                await aw
+        await self._enqueue_occurrence(follow, chained=True)
+
+
+def seconds_option(kind: str, value: Any, what: str) -> float:
+    """Seconds from a number or a timedelta, or a ScheduleError naming the kind, the option and the value."""
+    try:
+        return seconds(value, what=what)
+    except ValueError as exc:
+        raise ScheduleError(f"job {kind!r}: {exc}") from None
 
 
 def _job_options(job: Job, priority: int | None, max_retries: int | None, timeout: Any,
@@ -190,10 +187,7 @@ def _check_options(kind: str, prio: Any, retries: Any, tmo: Any,
         raise ScheduleError(f"job {kind!r}: max_retries must be a non-negative integer, got {retries!r}")
     tmo_s: float | None = None
     if tmo is not None:
-        try:
-            tmo_s = seconds(tmo, what="timeout")
-        except ValueError as exc:
-            raise ScheduleError(f"job {kind!r}: {exc}") from None
+        tmo_s = seconds_option(kind, tmo, "timeout")
         if tmo_s <= 0:
             raise ScheduleError(f"job {kind!r}: timeout must be positive seconds or None, got {tmo!r}")
     if headers is not None:

@@ -598,13 +598,18 @@ class StoreConformance(ScheduleScenarios):
         final = await store.get_instance(inst.uuid)
         assert final is not None and final.state is State.CANCELED
 
-    async def test_cancel_of_an_occurrence_cancels_it_only(self, store: Store) -> None:
+    @staticmethod
+    async def _chain(store: Store) -> tuple[str, Instance, Instance]:
+        """A chain (its id) whose first occurrence runs and whose second waits, chained."""
         sid = str(_uuid.uuid4())
-        first = _inst(schedule_id=sid)
-        await store.enqueue([first])
+        await store.enqueue([_inst(schedule_id=sid)])
         [running] = await store.claim("n1", 10, 30.0)
         second = _inst(schedule_id=sid, delay=60)
         assert await store.enqueue([second], chained=True) == [True]
+        return sid, running, second
+
+    async def test_cancel_of_an_occurrence_cancels_it_only(self, store: Store) -> None:
+        sid, running, second = await self._chain(store)
         got = await store.cancel(running.uuid)
         assert got is not None and got.state is State.PROCESSING and got.cancel_requested
         got2 = await store.get_instance(second.uuid)
@@ -614,12 +619,7 @@ class StoreConformance(ScheduleScenarios):
         assert await store.enqueue([_inst(schedule_id=sid, delay=120)], chained=True) == [True]  # not cut
 
     async def test_cancel_schedule_stops_the_chain(self, store: Store) -> None:
-        sid = str(_uuid.uuid4())
-        first = _inst(schedule_id=sid)
-        await store.enqueue([first])
-        [running] = await store.claim("n1", 10, 30.0)
-        second = _inst(schedule_id=sid, delay=60)
-        assert await store.enqueue([second], chained=True) == [True]
+        sid, running, second = await self._chain(store)
         other = _inst(schedule_id=str(_uuid.uuid4()), delay=60)
         await store.enqueue([other])
         canceled = await store.cancel_schedule(sid, node="op")
