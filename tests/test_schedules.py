@@ -147,6 +147,11 @@ async def test_add_is_idempotent_and_a_conflicting_id_is_refused() -> None:
         assert a.id == b.id and len(await mgr.lookup_instances()) == 1
         occ = await mgr.schedule_job(job, crontab_spec="0 3 * * *", timezone="UTC")  # the same schedule
         assert occ.schedule_id == a.id and len(await mgr.lookup_instances()) == 1
+        i1 = await mgr.add_schedule(job, IntervalTrigger(60))  # anchored when added: a second add is the same
+        await anyio.sleep(0.01)
+        i2 = await mgr.add_schedule(job, IntervalTrigger(60))
+        assert i1.id == i2.id and i1.trigger == i2.trigger
+        await mgr.remove_schedule(i1.id)
         await mgr.add_schedule(job, IntervalTrigger(60), id="mine")
         with pytest.raises(ScheduleError, match="'mine' already exists with another definition"):
             await mgr.add_schedule(job, IntervalTrigger(120), id="mine")

@@ -124,11 +124,14 @@ class Schedule:
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"schedule record {rec.id!r} cannot be read: {type(exc).__name__}: {exc}") from None
 
-    def _definition(self) -> dict[str, Any]:
-        """What add_schedule compares to decide that a second add of the same id is the same schedule."""
+    def _definition(self, any_start: bool = False) -> dict[str, Any]:
+        """What add_schedule compares to decide that a second add of the same id is the same schedule
+        (``any_start``: whatever the trigger's start)."""
         d = self.to_record()
         for k in ("state", "runs", "next_fire", "generation", "created_ts"):
             d.pop(k)
+        if any_start:
+            d["trigger"] = {k: v for k, v in d["trigger"].items() if k != "start"}
         return d
 
 
@@ -239,7 +242,10 @@ class Schedules:
                          state="paused" if paused else "active", priority=prio, max_retries=retries, timeout=tmo_s,
                          headers=dict(hdrs or {}), misfire_grace_time=grace, coalesce=coal, max_runs=runs_max,
                          jitter=jit, created_ts=ts, max_abandons=job.max_abandons)
-        sched, _ = await self._create_schedule(sched, ts)
+        # an interval without a start is anchored when added: a second add of it (another node's start-up)
+        # is the same schedule whatever its anchor
+        loose = isinstance(trigger, IntervalTrigger) and trigger.start is None
+        sched, _ = await self._create_schedule(sched, ts, any_start=loose)
         return sched
 
     async def get_schedule(self, schedule_id: str) -> Schedule:
@@ -368,8 +374,8 @@ class Schedules:
                                       "schedule it by its kind or unregister it first")
         return job
 
-    async def _create_schedule(self, sched: Schedule, ts: float, *,
-                               strict: bool = True) -> tuple[Schedule, Instance | None]:
+    async def _create_schedule(self, sched: Schedule, ts: float, *, strict: bool = True,
+                               any_start: bool = False) -> tuple[Schedule, Instance | None]:
         """Write a new schedule and its first occurrence; an identical one already stored (any one, if not
         ``strict``) is returned as it is. Returns the schedule and its pending occurrence (None if paused
         or finished)."""
@@ -380,7 +386,7 @@ class Schedules:
         version = await self.store.put_schedule_record(sched.id, sched.to_record(), version=None)
         if version is None:
             existing = await self.get_schedule(sched.id)
-            if strict and existing._definition() != sched._definition():
+            if strict and existing._definition(any_start) != sched._definition(any_start):
                 raise ScheduleError(f"job {sched.kind!r}: a schedule with id {sched.id!r} already exists with "
                                     "another definition (update_schedule changes it)")
             return existing, await self._pending(existing)
