@@ -245,7 +245,7 @@ async def test_recurring_instance_is_scheduled_for_the_next_fire_time() -> None:
         await mgr.cancel_instance(inst)
 
 
-async def test_every_second_schedule_runs_then_cancel_stops_it() -> None:
+async def test_every_second_schedule_runs_then_remove_stops_it() -> None:
     ran: list[tuple[str, float]] = []
 
     async def tick(instance: Instance) -> str:
@@ -278,10 +278,14 @@ async def test_every_second_schedule_runs_then_cancel_stops_it() -> None:
             assert all(r.uuid == occ.uuid and r.kind == "cron.tick" for r in history)
             assert history[2].ts >= occ.ready_ts  # never runs before its fire time
 
-        # canceling the first occurrence (already COMPLETED) cancels the whole schedule
+        # canceling the first occurrence (already COMPLETED) changes nothing: not it, not the schedule
         canceled = await mgr.cancel_instance(first)
         assert canceled.uuid == first.uuid
         assert canceled.state is State.COMPLETED  # a final instance stays as it was
+        assert (await mgr.get_schedule(first.schedule_id)).state == "active"
+        assert not [i for i in await mgr.lookup_instances(Query(kind="cron.tick")) if i.state is State.CANCELED]
+        # removing the schedule stops it
+        await mgr.remove_schedule(first.schedule_id)
         t_cancel = time.time()
         before = {i.uuid: i.state for i in await mgr.lookup_instances(Query(kind="cron.tick"))}
         await anyio.sleep(2.5)
@@ -311,7 +315,7 @@ async def test_cancel_recurring_schedule_fires_hooks_for_the_canceled_occurrence
         assert [s for u, s in seen if u == first.uuid] == [State.CREATED, State.SCHEDULED, State.CANCELED]
 
 
-async def test_cancel_schedule_through_a_final_occurrence_fires_hooks_for_the_pending_one() -> None:
+async def test_remove_schedule_fires_hooks_for_the_pending_occurrence() -> None:
     seen: list[tuple[str, State]] = []
 
     def on_state(instance: Instance, state: State) -> None:
@@ -327,9 +331,11 @@ async def test_cancel_schedule_through_a_final_occurrence_fires_hooks_for_the_pe
         pending = await mgr.lookup_instances(Query(kind="cron.watch2", state=State.SCHEDULED))
         assert len(pending) == 1
         nxt = pending[0]
-        await mgr.cancel_instance(first)
-        assert (await mgr.lookup_instance(nxt)).state is State.CANCELED  # the store did cancel it
-        assert (nxt.uuid, State.CANCELED) in seen  # ... but no hook or processor was told
+        await mgr.cancel_instance(first)  # final: nothing happens
+        assert (await mgr.lookup_instance(nxt)).state is State.SCHEDULED
+        await mgr.remove_schedule(first.schedule_id)
+        assert (await mgr.lookup_instance(nxt)).state is State.CANCELED
+        assert (nxt.uuid, State.CANCELED) in seen  # the hooks and the processor were told
 
 
 async def test_every_occurrence_reports_all_its_transitions() -> None:
@@ -347,7 +353,7 @@ async def test_every_occurrence_reports_all_its_transitions() -> None:
             return done if len(done) >= 2 else []
 
         done = await _wait_for(two_done)
-        await mgr.cancel_instance(first)
+        await mgr.remove_schedule(first.schedule_id)
         second = next(i for i in done if i.uuid != first.uuid)
         history = [r.state for r in await mgr.lookup_instance_history(Query(instance=second))]
         assert history == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.COMPLETED]
@@ -371,7 +377,7 @@ async def test_two_managers_sharing_a_store_run_each_fire_time_once() -> None:
                                   arguments=())
         assert ia.schedule_id == ib.schedule_id  # one schedule, whoever scheduled it
         await anyio.sleep(3.2)
-        await a.cancel_instance(ia)
+        await a.remove_schedule(ia.schedule_id)
         await anyio.sleep(0.3)
 
         per_fire = Counter(ts for _, ts in runs)

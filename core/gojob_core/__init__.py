@@ -17,8 +17,13 @@ from ._memory import MemoryStore as MemoryStore
 from ._records import LogRecord as LogRecord
 from ._records import Query as Query
 from ._records import StateRecord as StateRecord
+from ._schedules import Schedule as Schedule
 from ._state import LogLevel as LogLevel
 from ._state import State as State
+from ._triggers import CronTrigger as CronTrigger
+from ._triggers import DateTrigger as DateTrigger
+from ._triggers import IntervalTrigger as IntervalTrigger
+from ._triggers import Trigger as Trigger
 from ._worker import Worker as Worker
 from .abc import Outcome as Outcome
 from .abc import Store as Store
@@ -30,6 +35,7 @@ from .errors import InvalidJobError as InvalidJobError
 from .errors import JobCanceledError as JobCanceledError
 from .errors import JobTimeoutError as JobTimeoutError
 from .errors import ScheduleError as ScheduleError
+from .errors import ScheduleNotFoundError as ScheduleNotFoundError
 from .errors import StoreError as StoreError
 from .errors import UnknownJobError as UnknownJobError
 from .errors import UnknownStoreError as UnknownStoreError
@@ -46,9 +52,12 @@ __all__ = [
     "BlockingManager",
     "Context",
     "CorruptRecordError",
+    "CronTrigger",
+    "DateTrigger",
     "GojobError",
     "Instance",
     "InstanceNotFoundError",
+    "IntervalTrigger",
     "InvalidJobError",
     "Job",
     "JobCanceledError",
@@ -62,11 +71,14 @@ __all__ = [
     "MemoryStore",
     "Outcome",
     "Query",
+    "Schedule",
     "ScheduleError",
+    "ScheduleNotFoundError",
     "State",
     "StateRecord",
     "Store",
     "StoreError",
+    "Trigger",
     "UnknownJobError",
     "UnknownStoreError",
     "UnserializableArgumentError",

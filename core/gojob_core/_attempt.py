@@ -52,10 +52,12 @@ class Attempts:
                                                          f"registered on node {self.node_id}",
                                                    attempt=inst.attempts))
             return
-        if inst.crontab_spec is not None:
-            await self._chain_next_occurrence(inst)
+        skip = await self._fire(inst) if inst.schedule_id is not None else None
         if (aw := self._state_changed(inst, State.PROCESSING, job)) is not None:
             await aw
+        if skip is not None:  # a misfired occurrence: recorded, never run
+            await self._finish(inst, job, Outcome(inst.uuid, State.CANCELED, detail=skip, attempt=inst.attempts))
+            return
         sig = job._signature
         assert sig is not None
         ctx = Context(inst.timeout)
@@ -192,7 +194,7 @@ class Attempts:
         """The store answered a finish (``run``: the attempt, if its bookkeeping waited for it)."""
         if error is not None:
             self._report(f"finish of {inst.uuid} failed: {error!r}; its lease will expire and it will re-run")
-        elif ok and outcome.retry_at is None and inst.crontab_spec is None:
+        elif ok and outcome.retry_at is None and inst.schedule_id is None:
             self._overrides.pop(inst.uuid, None)
         if run is not None and self._running.get(inst.uuid) is run:
             del self._running[inst.uuid]

@@ -19,6 +19,8 @@ from ._instance import Instance
 from ._job import Job
 from ._manager import Manager
 from ._records import LogRecord, Query, StateRecord
+from ._schedules import Schedule
+from ._triggers import Trigger
 from .abc import Store
 
 __all__ = ["BlockingManager"]
@@ -152,3 +154,27 @@ class BlockingManager:
 
     def resize_workers(self, num_workers: int) -> None:
         self._call(self.manager.resize_workers, num_workers)
+
+    def add_schedule(self, job: Job | str, trigger: Trigger, **options: Any) -> Schedule:
+        return self._call(self.manager.add_schedule, job, trigger, **options)  # type: ignore[no-any-return]
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        return self._call(self.manager.get_schedule, schedule_id)  # type: ignore[no-any-return]
+
+    def list_schedules(self, **filters: Any) -> list[Schedule]:
+        return self._call(self.manager.list_schedules, **filters)  # type: ignore[no-any-return]
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        return self._call(self.manager.pause_schedule, schedule_id)  # type: ignore[no-any-return]
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        return self._call(self.manager.resume_schedule, schedule_id)  # type: ignore[no-any-return]
+
+    def update_schedule(self, schedule_id: str, **changes: Any) -> Schedule:
+        return self._call(self.manager.update_schedule, schedule_id, **changes)  # type: ignore[no-any-return]
+
+    def remove_schedule(self, schedule_id: str) -> None:
+        self._call(self.manager.remove_schedule, schedule_id)
+
+    def next_run_time(self) -> _dt.datetime | None:
+        return self._call(self.manager.next_run_time)  # type: ignore[no-any-return]

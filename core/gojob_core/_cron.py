@@ -1,5 +1,8 @@
 """Crontab specs (croniter) in a timezone, with one rule for DST days.
 
+A spec has five fields (``minute hour day-of-month month day-of-week``) or six, the sixth being
+**seconds** (croniter's order: ``"* * * * * */10"`` fires every ten seconds).
+
 - Spring forward: a wall-clock time that does not exist that day (02:30 when clocks jump 02:00 -> 03:00)
   fires at the first valid time after it (03:00), once.
 - Fall back: a wall-clock time that happens twice (01:30 when clocks go 02:00 -> 01:00) fires once,
@@ -52,7 +55,8 @@ class CronSchedule:
     def __init__(self, spec: str, tz: str | _dt.tzinfo | None, *, kind: str) -> None:
         if not isinstance(spec, str) or not croniter.is_valid(spec.strip()):
             raise ScheduleError(
-                f"job {kind!r}: invalid crontab_spec {spec!r} (expected 'minute hour day-of-month month day-of-week')")
+                f"job {kind!r}: invalid crontab_spec {spec!r} (expected 'minute hour day-of-month month day-of-week', "
+                f"or six fields with seconds last)")
         self.spec = spec.strip()
         self.tz, self.tz_name = resolve_timezone(tz, kind=kind)
 

@@ -32,6 +32,7 @@ from ._plugins import Plugins
 from ._pool import _RETIRE, Pool, _check_workers, _FinishBatcher
 from ._records import LogRecord, Query, StateRecord
 from ._runners import ExecutorRunner
+from ._schedules import Schedules
 from ._scheduling import (
     _UNSET,
     Scheduling,
@@ -58,7 +59,7 @@ __all__ = ["Manager"]
 _log = logging.getLogger("gojob")
 
 
-class Manager(Scheduling, Attempts, Pool, Upkeep):
+class Manager(Scheduling, Schedules, Attempts, Pool, Upkeep):
     """Registers jobs, schedules their instances and runs them, on any store.
 
     Use it as an async context manager (``async with Manager(...) as mgr``), or call ``start()`` and
@@ -196,6 +197,7 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
             self._tg.start_soon(self._cancel_listener)
             self._tg.start_soon(self._log_flush_loop)
             self._tg.start_soon(self._metrics_loop)
+            self._tg.start_soon(self._schedule_repair_loop)
             await self.plugins.manager_started(self)
         except BaseException:
             # stop what was started (cancelled, so the workers do not see their stream closed under
@@ -335,8 +337,10 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
         theirs, such as a trace context). Bad input raises before anything is written.
 
         A recurring schedule is identified by (kind, spec, timezone, arguments): scheduling it again,
-        from this node or another sharing the store, does not double it. The returned instance is
-        the first occurrence; canceling any occurrence cancels the schedule.
+        from this node or another sharing the store, does not double it. It is a :class:`Schedule`
+        (``add_schedule`` with a :class:`CronTrigger`, its id the returned instance's ``schedule_id``):
+        the returned instance is its pending occurrence. Canceling an occurrence cancels that occurrence
+        only; ``pause_schedule`` and ``remove_schedule`` stop the schedule.
         """
         insts = await self._schedule(job, [arguments], schedule_at=schedule_at, schedule_after=schedule_after,
                                      crontab_spec=crontab_spec, timezone=timezone, priority=priority,
@@ -418,8 +422,10 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
         """Cancel an instance on whichever node holds it: queued, delayed, recurring or running.
 
         A waiting instance is CANCELED at once; a running one is interrupted (an async executor is
-        canceled; a sync one sees ``ctx.cancelled``) and ends CANCELED. Canceling an occurrence of a
-        recurring schedule cancels the schedule. A cancel is final: no retry follows.
+        canceled; a sync one sees ``ctx.cancelled``) and ends CANCELED. A final one is left as it is.
+        Canceling an occurrence of a schedule cancels that occurrence only (the schedule fires again at
+        its next fire time); ``pause_schedule`` or ``remove_schedule`` stop a schedule. A cancel is
+        final: no retry follows.
 
         For an instance a node holds (claimed, perhaps not started yet), the call waits up to ``wait``
         seconds for that node to stop it and record CANCELED. What it returns is the truth:
@@ -438,27 +444,24 @@ class Manager(Scheduling, Attempts, Pool, Upkeep):
         before = await self.store.get_instance(uid)
         if before is None:
             raise InstanceNotFoundError(uid)
-        waiting: list[Instance] = [before] if before.state in (State.CREATED, State.SCHEDULED) else []
-        if before.schedule_id is not None:  # the whole schedule goes: its waiting occurrences too
-            waiting = await self.store.list_instances(Query(schedule_id=before.schedule_id,
-                                                            state=[State.CREATED, State.SCHEDULED]))
         inst = await self.store.cancel(uid, node=self.node_id)
         if inst is None:
             raise InstanceNotFoundError(uid)
-        if inst.state is State.CANCELED or inst.cancel_requested:
-            self._overrides.pop(inst.schedule_id or uid, None)
+        if inst.schedule_id is None and (inst.state is State.CANCELED or inst.cancel_requested):
+            self._overrides.pop(uid, None)
         run = self._running.get(uid)
         if run is not None:
             run.stop("canceled")
         if inst.state is State.PROCESSING and limit > 0:
             inst = await self.store.wait_final(uid, limit) or inst
-        for w in waiting:  # report the transitions the store made, once each
-            job = self._jobs.get(w.kind)
-            now_w = inst if w.uuid == uid else await self.store.get_instance(w.uuid)
-            if job is not None and now_w is not None and now_w.state is State.CANCELED:
-                now_w._sink = self._log_sink
-                if (aw := self._state_changed(now_w, State.CANCELED, job)) is not None:
+        if before.state in (State.CREATED, State.SCHEDULED) and inst.state is State.CANCELED:
+            job = self._jobs.get(inst.kind)  # report the transition the store made
+            if job is not None:
+                inst._sink = self._log_sink
+                if (aw := self._state_changed(inst, State.CANCELED, job)) is not None:
                     await aw
+            if inst.schedule_id is not None:  # the schedule goes on: its next occurrence is chained
+                await self._fire(inst, claimed=False)
         inst._sink = self._log_sink
         return inst
 

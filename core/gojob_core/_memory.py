@@ -6,6 +6,7 @@ pass the same :class:`MemoryStore` object to each. Nothing survives the process.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +21,7 @@ from ._instance import Instance
 from ._records import LogRecord, Query, StateRecord
 from ._state import State
 from ._time import now
-from .abc import LeaseReport, Outcome, Store
+from .abc import LeaseReport, Outcome, ScheduleRecord, Store
 
 __all__ = ["MemoryStore"]
 
@@ -42,6 +43,8 @@ class MemoryStore(Store):
         self._running: dict[str, Instance] = {}
         self._by_schedule: dict[str, set[str]] = {}
         self._canceled_schedules: set[str] = set()
+        self._schedule_records: dict[str, ScheduleRecord] = {}
+        self._versions = itertools.count(1)
         self._seq = itertools.count(1)
         self._history: list[StateRecord] = []
         self._history_by_uuid: dict[str, list[StateRecord]] = {}
@@ -245,24 +248,57 @@ class MemoryStore(Store):
         target = self._instances.get(uuid)
         if target is None:
             return None
-        ts = now()
-        affected = [target]
-        if target.schedule_id is not None:
-            self._canceled_schedules.add(target.schedule_id)
-            affected = [self._instances[u] for u in self._by_schedule.get(target.schedule_id, ())
-                        if u in self._instances]
-        for inst in affected:
-            history = transitions.cancel(inst, ts, node)
-            if history:
-                self._write(history)
-                self._finalize(inst)
-            elif history is not None:  # running: its node hears of it
-                for send in list(self._cancel_subscribers):
-                    try:
-                        send.send_nowait(inst.uuid)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                        self._cancel_subscribers.remove(send)
+        self._cancel_one(target, now(), node)
         return target.copy()
+
+    def _cancel_one(self, inst: Instance, ts: float, node: str | None) -> bool:
+        """Apply a cancel to one instance; True if it became CANCELED."""
+        history = transitions.cancel(inst, ts, node)
+        if history:
+            self._write(history)
+            self._finalize(inst)
+            return True
+        if history is not None:  # running: its node hears of it
+            for send in list(self._cancel_subscribers):
+                try:
+                    send.send_nowait(inst.uuid)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._cancel_subscribers.remove(send)
+        return False
+
+    async def cancel_schedule(self, schedule_id: str, *, node: str | None = None) -> list[Instance]:
+        self._canceled_schedules.add(schedule_id)
+        ts = now()
+        out = []
+        for u in sorted(self._by_schedule.get(schedule_id, ())):
+            inst = self._instances.get(u)
+            if inst is not None and inst.state in transitions.WAITING and self._cancel_one(inst, ts, node):
+                out.append(inst.copy())
+        return out
+
+    # -- schedule records ------------------------------------------------------------------------------
+    async def get_schedule_record(self, schedule_id: str) -> ScheduleRecord | None:
+        rec = self._schedule_records.get(schedule_id)
+        return None if rec is None else rec._replace(data=copy.deepcopy(rec.data))
+
+    async def list_schedule_records(self) -> list[ScheduleRecord]:
+        return [r._replace(data=copy.deepcopy(r.data)) for _, r in sorted(self._schedule_records.items())]
+
+    async def put_schedule_record(self, schedule_id: str, data: dict[str, Any], *,
+                                  version: int | None) -> int | None:
+        cur = self._schedule_records.get(schedule_id)
+        if (cur.version if cur is not None else None) != version:
+            return None
+        new = next(self._versions)
+        self._schedule_records[schedule_id] = ScheduleRecord(schedule_id, copy.deepcopy(data), new)
+        return new
+
+    async def delete_schedule_record(self, schedule_id: str, *, version: int) -> bool:
+        cur = self._schedule_records.get(schedule_id)
+        if cur is None or cur.version != version:
+            return False
+        del self._schedule_records[schedule_id]
+        return True
 
     async def cancel_notifications(self) -> AsyncIterator[str]:
         self._on_this_loop()

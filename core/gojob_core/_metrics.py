@@ -63,12 +63,14 @@ class _Histogram:
 
 
 class _KindStats:
-    __slots__ = ("canceled", "completed", "duration", "executed", "retried", "running", "terminated", "timedout",
-                 "wait")
+    __slots__ = ("canceled", "completed", "duration", "executed", "fires", "lateness", "misfires", "retried", "running",
+                 "terminated", "timedout", "wait")
 
     def __init__(self) -> None:
         self.executed = self.completed = self.terminated = self.canceled = self.timedout = 0
         self.retried = self.running = 0
+        self.fires = self.misfires = 0  # schedule occurrences this node enqueued; those it skipped
+        self.lateness = _Histogram()  # a schedule occurrence's fire time -> its claim
         self.duration = _Histogram()  # attempt start -> end
         self.wait = _Histogram()  # ready -> attempt start
 
@@ -84,6 +86,7 @@ class ManagerMetrics(Collector):
         self.reclaimed = 0
         self.lease_lost = 0  # attempts this node stopped because it lost, or could not renew, their lease
         self.corrupt = 0  # records the store set aside, as of the last read
+        self._schedules: dict[str, int] = {}  # schedules by state, as of the last read
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -105,6 +108,22 @@ class ManagerMetrics(Collector):
     def set_corrupt(self, n: int) -> None:
         """Refresh go_job_corrupt_records (records the store set aside, cluster-wide)."""
         self.corrupt = n
+
+    def set_schedules(self, by_state: dict[str, int]) -> None:
+        """Refresh go_job_schedules (the store's schedules by state, cluster-wide)."""
+        self._schedules = dict(by_state)
+
+    def schedule_fired(self, kind: str) -> None:
+        """An occurrence of a schedule was enqueued by this node."""
+        self._stats(kind).fires += 1
+
+    def schedule_misfired(self, kind: str) -> None:
+        """An occurrence of a schedule was skipped by this node (misfire or coalesce)."""
+        self._stats(kind).misfires += 1
+
+    def schedule_lateness(self, kind: str, seconds: float) -> None:
+        """How late after its fire time an occurrence that runs was claimed."""
+        self._stats(kind).lateness.observe(seconds)
 
     def _stats(self, kind: str) -> _KindStats:
         st = self._kinds.get(kind)
@@ -166,6 +185,23 @@ class ManagerMetrics(Collector):
             st.wait.add_to(wait, kind)
         yield duration
         yield wait
+        fires = CounterMetricFamily("go_job_schedule_fires", "Schedule occurrences enqueued by this node, by kind",
+                                    labels=["kind"])
+        misfires = CounterMetricFamily("go_job_schedule_misfires", "Schedule occurrences skipped by this node "
+                                       "(misfire_grace_time or coalesce), by kind", labels=["kind"])
+        lateness = HistogramMetricFamily("go_job_schedule_lateness_seconds", "Time from a schedule occurrence's "
+                                         "fire time to its start, by kind", labels=["kind"])
+        for kind, st in sorted(self._kinds.items()):
+            fires.add_metric([kind], st.fires)
+            misfires.add_metric([kind], st.misfires)
+            st.lateness.add_to(lateness, kind)
+        yield fires
+        yield misfires
+        yield lateness
+        schedules = GaugeMetricFamily("go_job_schedules", "Schedules in the store by state", labels=["state"])
+        for state in ("active", "paused", "finished"):
+            schedules.add_metric([state], self._schedules.get(state, 0))
+        yield schedules
         oldest = GaugeMetricFamily("go_job_oldest_ready_age_seconds",
                                    "Age of the longest-waiting due instance in the queue, by kind", labels=["kind"])
         now = time.time()

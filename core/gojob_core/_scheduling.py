@@ -8,7 +8,6 @@ Manager; what they do is here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import uuid as _uuid
 from collections.abc import Sequence
@@ -70,41 +69,17 @@ class Scheduling:
             except ValueError as exc:
                 raise ScheduleError(f"job {kind!r}: {exc}") from None
         elif schedule_after is not None:
-            try:
-                delay = seconds(schedule_after, what="schedule_after")
-            except ValueError as exc:
-                raise ScheduleError(f"job {kind!r}: {exc}") from None
+            delay = seconds_option(kind, schedule_after, "schedule_after")
             if delay < 0:
                 raise ScheduleError(f"job {kind!r}: schedule_after must not be negative, got {schedule_after!r}")
             ready = ts + delay
         elif crontab_spec is not None:
             cron = CronSchedule(crontab_spec, timezone, kind=kind)
             ready = cron.next_after(ts)
-        prio = job.priority if priority is None else priority
-        if not isinstance(prio, int) or isinstance(prio, bool):
-            raise ScheduleError(f"job {kind!r}: priority must be an integer, got {prio!r}")
-        retries = job.max_retries if max_retries is None else max_retries
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise ScheduleError(f"job {kind!r}: max_retries must be a non-negative integer, got {retries!r}")
-        tmo = job.timeout if timeout is _UNSET else timeout
-        tmo_s: float | None = None
-        if tmo is not None:
-            try:
-                tmo_s = seconds(tmo, what="timeout")
-            except ValueError as exc:
-                raise ScheduleError(f"job {kind!r}: {exc}") from None
-            if tmo_s <= 0:
-                raise ScheduleError(f"job {kind!r}: timeout must be positive seconds or None, got {tmo!r}")
+        prio, retries, tmo_s, headers = _job_options(job, priority, max_retries, timeout, headers)
         for name, fn in (("backoff_strategy", backoff_strategy), ("terminate_processor", terminate_processor)):
             if fn is not None and not callable(fn):
                 raise ScheduleError(f"job {kind!r}: {name} must be callable, got {fn!r}")
-
-        if headers is not None:
-            if not isinstance(headers, dict):
-                raise ScheduleError(f"job {kind!r}: headers must be a dict of strings, got {headers!r}")
-            for k, v in headers.items():
-                if not isinstance(k, str) or not isinstance(v, str):
-                    raise ScheduleError(f"job {kind!r}: headers must map strings to strings, got {k!r}: {v!r}")
 
         # -- arguments, bound and coerced (raises ArgumentError naming kind, parameter, value) --
         bound = [sig.bind(*_split_arguments(a)) for a in items]
@@ -114,31 +89,23 @@ class Scheduling:
             await self.register_job(job)
         else:
             job = registered
+        if cron is not None:
+            return [await self._schedule_crontab(job, cron, bound[0], ts, prio, retries, tmo_s, headers,
+                                                 backoff_strategy, terminate_processor)]
         insts = []
         for args, kwargs in bound:
-            if cron is not None:
-                sid = str(_uuid.uuid5(_NAMESPACE, json.dumps([kind, cron.spec, cron.tz_name, args, kwargs],
-                                                              sort_keys=True, default=str)))
-                uid = _occurrence_uuid(sid, ready)
-            else:
-                sid = None
-                uid = _new_uuid()
-            insts.append(Instance(uuid=uid, kind=kind, args=args, kwargs=kwargs, priority=prio,
+            insts.append(Instance(uuid=_new_uuid(), kind=kind, args=args, kwargs=kwargs, priority=prio,
                                   state=State.SCHEDULED, max_retries=retries, timeout=tmo_s, created_ts=ts,
-                                  ready_ts=ready, crontab_spec=cron.spec if cron else None,
-                                  timezone=cron.tz_name if cron else None, schedule_id=sid,
-                                  max_abandons=job.max_abandons, headers=dict(headers or {})))
+                                  ready_ts=ready, max_abandons=job.max_abandons, headers=dict(headers or {})))
             insts[-1]._sink = self._log_sink
         self.plugins.scheduling(self, insts)
         if backoff_strategy is not None or terminate_processor is not None:
             ov = _Overrides(backoff_strategy, terminate_processor)
             for inst in insts:
-                self._overrides[inst.schedule_id or inst.uuid] = ov
+                self._overrides[inst.uuid] = ov
         added = await self.store.enqueue(insts, node=self.node_id)
         out = []
         for inst, was_added in zip(insts, added):
-            if not was_added and cron is not None:
-                inst, was_added = await self._reopen_schedule(inst, cron)
             if not was_added:
                 existing = await self.store.get_instance(inst.uuid)
                 if existing is not None:
@@ -152,25 +119,31 @@ class Scheduling:
             out.append(inst)
         return out
 
-    async def _reopen_schedule(self, inst: Instance, cron: CronSchedule) -> tuple[Instance, bool]:
-        """A recurring schedule canceled earlier and scheduled anew: its occurrence at this fire time is
-        already there, CANCELED, so the schedule starts again at the next fire time."""
-        existing = await self.store.get_instance(inst.uuid)
-        if existing is None or existing.state is not State.CANCELED:
-            return inst, False
-        fire = inst.ready_ts
-        for _ in range(8):
-            fire = cron.next_after(fire)
-            fresh = inst.copy()
-            fresh.uuid, fresh.ready_ts = _occurrence_uuid(inst.schedule_id or "", fire), fire
-            fresh._sink = self._log_sink
-            [ok] = await self.store.enqueue([fresh], node=self.node_id)
-            if ok:
-                return fresh, True
-        return inst, False
+    async def _schedule_crontab(self, job: Job, cron: CronSchedule, bound: tuple[list[Any], dict[str, Any]],
+                                ts: float, prio: int, retries: int, tmo_s: float | None,
+                                headers: dict[str, str] | None, backoff_strategy: BackoffStrategy | None,
+                                terminate_processor: TerminateProcessor | None) -> Instance:
+        """``schedule_job(crontab_spec=)``: a Schedule on a CronTrigger, its id derived as it always was;
+        returns its pending occurrence."""
+        from ._schedules import Schedule, derived_schedule_id
+        from ._triggers import CronTrigger
+
+        args, kwargs = bound
+        trigger = CronTrigger(cron.spec, cron.tz_name).bind(ts, job.kind)
+        sched = Schedule(id=derived_schedule_id(job.kind, trigger, trigger, args, kwargs), kind=job.kind,
+                         trigger=trigger, args=args, kwargs=kwargs, priority=prio, max_retries=retries,
+                         timeout=tmo_s, headers=dict(headers or {}), created_ts=ts, max_abandons=job.max_abandons)
+        sched, pending = await self._create_schedule(sched, ts, strict=False)
+        if pending is None:
+            raise ScheduleError(f"job {job.kind!r}: schedule {sched.id!r} of crontab_spec {cron.spec!r} is "
+                                f"{sched.state}; resume_schedule({sched.id!r}) fires it again")
+        if backoff_strategy is not None or terminate_processor is not None:
+            self._overrides[sched.chain_id] = _Overrides(backoff_strategy, terminate_processor)
+        return pending
 
     async def _chain_next_occurrence(self, inst: Instance) -> None:
-        """Enqueue the next occurrence of a recurring instance (idempotent: its uuid is derived)."""
+        """Enqueue the next occurrence of a crontab instance without a schedule record (one enqueued
+        before records existed): idempotent, its uuid is derived."""
         try:
             cron = CronSchedule(inst.crontab_spec or "", inst.timezone, kind=inst.kind)
         except ScheduleError as exc:
@@ -185,15 +158,45 @@ class Scheduling:
                           crontab_spec=inst.crontab_spec, timezone=inst.timezone, schedule_id=inst.schedule_id,
                           max_abandons=inst.max_abandons, headers=dict(inst.headers))
         follow._sink = self._log_sink
-        self.plugins.scheduling(self, [follow])
-        [added] = await self.store.enqueue([follow], node=self.node_id, chained=True)
-        job = self._jobs.get(inst.kind)
-        if added and job is not None:
-            follow._sink = self._log_sink
-            if (aw := self._state_changed(follow, State.CREATED, job)) is not None:
-                await aw
-            if (aw := self._state_changed(follow, State.SCHEDULED, job)) is not None:
-                await aw
+        await self._enqueue_occurrence(follow, chained=True)
+
+
+def seconds_option(kind: str, value: Any, what: str) -> float:
+    """Seconds from a number or a timedelta, or a ScheduleError naming the kind, the option and the value."""
+    try:
+        return seconds(value, what=what)
+    except ValueError as exc:
+        raise ScheduleError(f"job {kind!r}: {exc}") from None
+
+
+def _job_options(job: Job, priority: int | None, max_retries: int | None, timeout: Any,
+                 headers: dict[str, str] | None) -> tuple[int, int, float | None, dict[str, str] | None]:
+    """:func:`_check_options` with the job's defaults for the options not given (None; timeout: unset)."""
+    return _check_options(job.kind, job.priority if priority is None else priority,
+                          job.max_retries if max_retries is None else max_retries,
+                          job.timeout if timeout is _UNSET else timeout, headers)
+
+
+def _check_options(kind: str, prio: Any, retries: Any, tmo: Any,
+                   headers: dict[str, str] | None) -> tuple[int, int, float | None, dict[str, str] | None]:
+    """An instance's options (the job's defaults already applied), checked: a ScheduleError names the
+    kind, the option and the value. Returns (priority, max_retries, timeout seconds, headers)."""
+    if not isinstance(prio, int) or isinstance(prio, bool):
+        raise ScheduleError(f"job {kind!r}: priority must be an integer, got {prio!r}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ScheduleError(f"job {kind!r}: max_retries must be a non-negative integer, got {retries!r}")
+    tmo_s: float | None = None
+    if tmo is not None:
+        tmo_s = seconds_option(kind, tmo, "timeout")
+        if tmo_s <= 0:
+            raise ScheduleError(f"job {kind!r}: timeout must be positive seconds or None, got {tmo!r}")
+    if headers is not None:
+        if not isinstance(headers, dict):
+            raise ScheduleError(f"job {kind!r}: headers must be a dict of strings, got {headers!r}")
+        for k, v in headers.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ScheduleError(f"job {kind!r}: headers must map strings to strings, got {k!r}: {v!r}")
+    return prio, retries, tmo_s, headers
 
 
 class _Overrides:

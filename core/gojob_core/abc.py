@@ -4,7 +4,8 @@ Every store (memory, Valkey, Redis, etcd, a third party's) implements :class:`St
 conformance suite in :mod:`gojob_core.testing`. The rules a store must keep:
 
 - **Enqueue** is idempotent by uuid and writes the CREATED and SCHEDULED history records with the
-  instance. An occurrence of a canceled recurring schedule, enqueued by chaining, is refused.
+  instance. An occurrence of a canceled occurrence chain (:meth:`Store.cancel_schedule`), enqueued by
+  chaining, is refused; a non-chained enqueue re-opens the chain.
 - **Claim** is atomic: it hands up to ``limit`` ready instances, ordered by (priority, ready time,
   FIFO), to one node under a lease, sets them PROCESSING, counts the attempt and records it.
   Two nodes never hold the same instance.
@@ -17,8 +18,12 @@ conformance suite in :mod:`gojob_core.testing`. The rules a store must keep:
   result or error and releases the lease in one atomic step, only while the lease is still held by
   that node *for that attempt* (:attr:`Outcome.attempt`).
 - **Cancel** of a waiting instance is final at once; of a running one it sets a flag that the running
-  node sees (through :meth:`Store.cancel_notifications` or the lease heartbeat). Canceling a recurring
-  instance cancels its schedule.
+  node sees (through :meth:`Store.cancel_notifications` or the lease heartbeat). Canceling an
+  occurrence of a schedule cancels that occurrence only; :meth:`Store.cancel_schedule` stops a chain.
+- **Schedule records** (:meth:`Store.put_schedule_record` and the others) are opaque JSON-compatible
+  dicts under a schedule id, each with a version that changes on every write: a write or delete given
+  a version happens only if the record still has it (compare-and-set), so two nodes changing one
+  schedule never both win. The store reads nothing inside them.
 - **Wake-up** (:meth:`Store.wait_ready`) blocks until work may be ready; a sleep-poll is only a safety net.
 - **History and logs** are queried by instance, kind, state and time range, sorted by time. A record
   that cannot be decoded is reported through :meth:`Store.corrupt_records` and set aside, never deleted.
@@ -40,7 +45,8 @@ from ._instance import Instance
 from ._records import LogRecord, Query, StateRecord
 from ._state import State
 
-__all__ = ["CorruptRecord", "LeaseReport", "Outcome", "Store", "abandon_limit_message", "lazy_store"]
+__all__ = ["CorruptRecord", "LeaseReport", "Outcome", "ScheduleRecord", "Store", "abandon_limit_message",
+           "lazy_store"]
 
 
 def abandon_limit_message(attempt: int, lost_node: str | None, max_abandons: int) -> str:
@@ -88,6 +94,15 @@ class CorruptRecord:
     key: str
     reason: str
     raw: str = field(default="", repr=False)
+
+
+class ScheduleRecord(NamedTuple):
+    """A stored schedule: its id, its data (a JSON-compatible dict the store does not read) and its
+    version (a positive number that changes on every write; compare-and-set compares it)."""
+
+    id: str
+    data: dict[str, Any]
+    version: int
 
 
 class Store(abc.ABC):
@@ -217,11 +232,41 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
-        """Cancel an instance (and its schedule, if recurring); None if there is no such instance.
+        """Cancel one instance (an occurrence of a schedule: that occurrence only); None if there is no
+        such instance.
 
         A waiting instance becomes CANCELED at once; a running one gets ``cancel_requested`` set and
         is reported to its node; a final one is left as it is. Returns the instance after the change.
         """
+
+    @abc.abstractmethod
+    async def cancel_schedule(self, schedule_id: str, *, node: str | None = None) -> list[Instance]:
+        """Stop the occurrence chain ``schedule_id`` (the ``schedule_id`` of its instances): mark it
+        canceled, so that a chained enqueue of it is refused from now on, then cancel its waiting
+        occurrences (a running one is left to finish). The mark comes first, or in the same atomic
+        step: an occurrence chained concurrently is either refused or canceled here.
+
+        :returns: the occurrences it made CANCELED, after the change.
+        """
+
+    # -- schedule records ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_schedule_record(self, schedule_id: str) -> ScheduleRecord | None:
+        """The schedule record under ``schedule_id``, or None."""
+
+    @abc.abstractmethod
+    async def list_schedule_records(self) -> list[ScheduleRecord]:
+        """Every schedule record, by id."""
+
+    @abc.abstractmethod
+    async def put_schedule_record(self, schedule_id: str, data: dict[str, Any], *,
+                                  version: int | None) -> int | None:
+        """Write a schedule record: with ``version=None`` only if there is none (create), otherwise only
+        if the stored one still has ``version``. Returns the new version, or None if nothing was written."""
+
+    @abc.abstractmethod
+    async def delete_schedule_record(self, schedule_id: str, *, version: int) -> bool:
+        """Delete a schedule record only if it still has ``version``; True if it was deleted."""
 
     async def cancel_notifications(self) -> AsyncIterator[str]:
         """Yield uuids whose cancel was asked, as soon as the store learns of them.

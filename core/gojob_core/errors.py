@@ -9,6 +9,7 @@
     ├── ScheduleError (ValueError)          bad time, delay, crontab spec or option
     ├── UnknownJobError (LookupError)       no job registered under that kind
     ├── InstanceNotFoundError (LookupError) no instance with that uuid
+    ├── ScheduleNotFoundError (LookupError) no schedule with that id
     ├── UnknownStoreError (ValueError)      no installed store plugin for a URL scheme
     ├── StoreError                          the store failed (connection, protocol, lease lost)
     │   └── CorruptRecordError              a stored record that cannot be decoded
@@ -31,6 +32,7 @@ __all__ = [
     "JobCanceledError",
     "JobTimeoutError",
     "ScheduleError",
+    "ScheduleNotFoundError",
     "StoreError",
     "UnknownJobError",
     "UnknownStoreError",
@@ -80,6 +82,14 @@ class InstanceNotFoundError(GojobError, LookupError):
     def __init__(self, uuid: str) -> None:
         super().__init__(f"no job instance with uuid {uuid!r}")
         self.uuid = uuid
+
+
+class ScheduleNotFoundError(GojobError, LookupError):
+    """No schedule with the given id is in the store."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"no schedule with id {schedule_id!r}")
+        self.schedule_id = schedule_id
 
 
 class UnknownStoreError(GojobError, ValueError):

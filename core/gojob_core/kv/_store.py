@@ -11,7 +11,8 @@ kind and schedule id, percent-encoded so they contain no ``/``; numbers are zero
   moved to ``q/r/`` when due;
 - ``{p}run/{u}/{seq:20}``: the running index, one key per claim (value: the node), read by reclaim;
 - ``{p}cx/{u}``: a cancel asked for a running instance (watched by the nodes);
-- ``{p}sm/{s}/{u}`` and ``{p}sc/{s}``: a schedule's occurrences, and a canceled schedule;
+- ``{p}sm/{s}/{u}`` and ``{p}sc/{s}``: an occurrence chain's occurrences, and a canceled chain;
+- ``{p}sr/{s}``: a schedule record (JSON; its version is the key's version, compare-and-set by it);
 - ``{p}h/{u}/{ts_us:17}.{token}.{n}``: history records (JSON); ``{p}l/...``: log records;
 - ``{p}seq``: the counter handing out sequence numbers (FIFO order, and telling stale index keys apart);
 - ``{p}wake``: written when work may be ready (watched by idle nodes);
@@ -59,7 +60,7 @@ from .._instance import Instance
 from .._records import LogRecord, Query, StateRecord
 from .._state import State
 from .._time import now
-from ..abc import CorruptRecord, LeaseReport, Outcome, Store
+from ..abc import CorruptRecord, LeaseReport, Outcome, ScheduleRecord, Store
 from ..errors import StoreError
 from ._backend import KvBackend, KvEntry
 
@@ -630,23 +631,59 @@ class KvStore(Store):
             await self.backend.set(self._k_cancel + _q(uuid), (node or "").encode())
 
     async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
-        b = self.backend
-        cur = await self._read(uuid)
-        if cur is None:
+        if await self._read(uuid) is None:
             return None
-        target = cur.inst
-        affected = [uuid]
-        if target.schedule_id is not None:
-            sid = _q(target.schedule_id)
-            await b.set(f"{self.prefix}sc/{sid}", b"1")  # first: a chained enqueue after this is refused
-            members = f"{self.prefix}sm/{sid}/"
-            async for e in self._scan_all(members, keys_only=True):
-                u = unquote(e.key[len(members):])
-                if u != uuid:
-                    affected.append(u)
-        for u in affected:
-            await self._cancel_one(u, node)
+        await self._cancel_one(uuid, node)
         return await self.get_instance(uuid)
+
+    async def cancel_schedule(self, schedule_id: str, *, node: str | None = None) -> list[Instance]:
+        sid = _q(schedule_id)
+        await self.backend.set(f"{self.prefix}sc/{sid}", b"1")  # first: a chained enqueue after this is refused
+        members = f"{self.prefix}sm/{sid}/"
+        uuids = [unquote(e.key[len(members):]) async for e in self._scan_all(members, keys_only=True)]
+        out = []
+        for u in uuids:
+            cur = await self._read(u)
+            if cur is None or cur.inst.state not in transitions.WAITING:
+                continue
+            await self._cancel_one(u, node)
+            after = await self.get_instance(u)
+            if after is not None and after.state is State.CANCELED:
+                out.append(after)
+        return out
+
+    # -- schedule records ------------------------------------------------------------------------------
+    def _k_schedule(self, schedule_id: str) -> str:
+        return f"{self.prefix}sr/{_q(schedule_id)}"
+
+    async def _schedule_record(self, entry: KvEntry) -> ScheduleRecord | None:
+        try:
+            data = json.loads(entry.value)
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        except ValueError as exc:
+            await self._set_aside(entry, f"{type(exc).__name__}: {exc}")
+            return None
+        return ScheduleRecord(unquote(entry.key[len(self.prefix) + 3:]), data, entry.version)
+
+    async def get_schedule_record(self, schedule_id: str) -> ScheduleRecord | None:
+        entry = await self.backend.get(self._k_schedule(schedule_id))
+        return None if entry is None else await self._schedule_record(entry)
+
+    async def list_schedule_records(self) -> list[ScheduleRecord]:
+        out = []
+        async for entry in self._scan_all(self.prefix + "sr/"):
+            rec = await self._schedule_record(entry)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    async def put_schedule_record(self, schedule_id: str, data: dict[str, Any], *,
+                                  version: int | None) -> int | None:
+        return await self.backend.compare_and_set(self._k_schedule(schedule_id), _dumps(data), version)
+
+    async def delete_schedule_record(self, schedule_id: str, *, version: int) -> bool:
+        return await self.backend.delete(self._k_schedule(schedule_id), version)
 
     async def cancel_notifications(self) -> AsyncIterator[str]:
         n = len(self._k_cancel)

@@ -17,6 +17,7 @@ from .._manager import Manager
 from .._records import LogRecord, Query
 from .._state import LogLevel, State
 from ..abc import Outcome, Store, abandon_limit_message
+from ._schedules import ScheduleScenarios
 
 __all__ = ["StoreConformance"]
 
@@ -44,7 +45,7 @@ def _states(records: list[Any]) -> list[State]:
     return [r.state for r in records]
 
 
-class StoreConformance:
+class StoreConformance(ScheduleScenarios):
     """The store contract as tests. Subclass it and override :meth:`make_store` (see module docs)."""
 
     #: anyio backends the store runs on; the suite runs on each of them.
@@ -597,22 +598,72 @@ class StoreConformance:
         final = await store.get_instance(inst.uuid)
         assert final is not None and final.state is State.CANCELED
 
-    async def test_cancel_recurring_cancels_the_schedule(self, store: Store) -> None:
+    @staticmethod
+    async def _chain(store: Store) -> tuple[str, Instance, Instance]:
+        """A chain (its id) whose first occurrence runs and whose second waits, chained."""
         sid = str(_uuid.uuid4())
-        first = _inst(schedule_id=sid)
-        await store.enqueue([first])
+        await store.enqueue([_inst(schedule_id=sid)])
         [running] = await store.claim("n1", 10, 30.0)
         second = _inst(schedule_id=sid, delay=60)
         assert await store.enqueue([second], chained=True) == [True]
-        await store.cancel(running.uuid)
+        return sid, running, second
+
+    async def test_cancel_of_an_occurrence_cancels_it_only(self, store: Store) -> None:
+        sid, running, second = await self._chain(store)
+        got = await store.cancel(running.uuid)
+        assert got is not None and got.state is State.PROCESSING and got.cancel_requested
         got2 = await store.get_instance(second.uuid)
-        assert got2 is not None and got2.state is State.CANCELED
+        assert got2 is not None and got2.state is State.SCHEDULED  # the other occurrence is untouched
+        canceled = await store.cancel(second.uuid)
+        assert canceled is not None and canceled.state is State.CANCELED
+        assert await store.enqueue([_inst(schedule_id=sid, delay=120)], chained=True) == [True]  # not cut
+
+    async def test_cancel_schedule_stops_the_chain(self, store: Store) -> None:
+        sid, running, second = await self._chain(store)
+        other = _inst(schedule_id=str(_uuid.uuid4()), delay=60)
+        await store.enqueue([other])
+        canceled = await store.cancel_schedule(sid, node="op")
+        assert [(i.uuid, i.state) for i in canceled] == [(second.uuid, State.CANCELED)]
+        assert await self._history(store, second) == [(State.CREATED, 0, None, None), (State.SCHEDULED, 0, None, None),
+                                                      (State.CANCELED, 0, "op", "canceled before it ran")]
+        still = await store.get_instance(running.uuid)  # a running occurrence is left to finish
+        assert still is not None and still.state is State.PROCESSING and not still.cancel_requested
+        untouched = await store.get_instance(other.uuid)
+        assert untouched is not None and untouched.state is State.SCHEDULED
         third = _inst(schedule_id=sid, delay=120)
         assert await store.enqueue([third], chained=True) == [False]  # the chain is cut
         assert await store.get_instance(third.uuid) is None
+        assert await store.cancel_schedule(str(_uuid.uuid4())) == []  # an unknown chain: nothing to cancel
         fresh = _inst(schedule_id=sid, delay=180)
         assert await store.enqueue([fresh]) == [True]  # scheduling it anew re-opens it
         assert await store.enqueue([_inst(schedule_id=sid, delay=240)], chained=True) == [True]
+
+    async def test_schedule_records_compare_and_set(self, store: Store, make_store: Callable[[], Store]) -> None:
+        sid = f"conformance-{_uuid.uuid4()}"
+        assert await store.get_schedule_record(sid) is None
+        data = {"kind": "k", "n": [1, "two", None], "nested": {"ü": 1.5}}
+        v1 = await store.put_schedule_record(sid, data, version=None)
+        assert v1 is not None
+        assert await store.put_schedule_record(sid, {"other": 1}, version=None) is None  # create-only
+        other = make_store()
+        if other is not store:
+            await other.start()
+        try:
+            got = await other.get_schedule_record(sid)  # another node sees it
+            assert got is not None and (got.id, got.data, got.version) == (sid, data, v1)
+            v2 = await other.put_schedule_record(sid, {**data, "n": 2}, version=v1)
+            assert v2 is not None and v2 != v1
+        finally:
+            if other is not store:
+                await other.stop()
+        assert await store.put_schedule_record(sid, {"stale": True}, version=v1) is None  # lost the race
+        got = await store.get_schedule_record(sid)
+        assert got is not None and got.data["n"] == 2 and got.version == v2
+        assert sid in {r.id for r in await store.list_schedule_records()}
+        assert not await store.delete_schedule_record(sid, version=v1)
+        assert await store.delete_schedule_record(sid, version=v2)
+        assert await store.get_schedule_record(sid) is None
+        assert sid not in {r.id for r in await store.list_schedule_records()}
 
     # -- listing and clearing ----------------------------------------------------------------------------
     async def test_list_instances_by_query(self, store: Store) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from gojob_core import Instance, LogRecord, Query, State, StateRecord, UnserializableArgumentError
+from gojob_core import Instance, LogRecord, Query, Schedule, State, StateRecord, Trigger, UnserializableArgumentError
 from gojob_core.abc import CorruptRecord
 
 from ._convert import (
@@ -31,8 +31,11 @@ from ._convert import (
     log_from_pb,
     query_to_pb,
     record_from_pb,
+    schedule_from_pb,
     state_from_pb,
     state_to_pb,
+    trigger_to_pb,
+    ts_from_pb,
     ts_to_pb,
 )
 from .errors import RpcError, UnavailableError, from_grpc
@@ -256,6 +259,48 @@ class Client:
         """The same as :meth:`schedule` (the Manager's name for it)."""
         return await self.schedule(kind, **options)
 
+    # -- schedules -------------------------------------------------------------------------------------
+    async def add_schedule(self, kind: str, trigger: Trigger, *, id: str | None = None,  # noqa: A002
+                           arguments: Any = (), paused: bool = False, **options: Any) -> Schedule:
+        """Add a schedule of the job registered under ``kind`` (options as for ``Manager.add_schedule``:
+        ``priority``, ``max_retries``, ``timeout``, ``misfire_grace_time``, ``coalesce``, ``max_runs``,
+        ``jitter``)."""
+        request = pb.AddScheduleRequest(kind=kind, id=id or "", paused=paused)
+        trigger_to_pb(trigger, request.trigger)
+        _schedule_request(request, kind, arguments, options)
+        return schedule_from_pb(await self._call("AddSchedule", request))
+
+    async def list_schedules(self, *, kind: str | None = None, state: str | None = None) -> list[Schedule]:
+        """Every schedule in the store (of one kind, in one state), by id."""
+        reply = await self._call("ListSchedules", pb.ListSchedulesRequest(kind=kind or "", state=state or ""))
+        return [schedule_from_pb(m) for m in reply.schedules]
+
+    async def next_run_time(self) -> _dt.datetime | None:
+        """The earliest next fire time over every active schedule, or None."""
+        reply = await self._call("ListSchedules", pb.ListSchedulesRequest())
+        return datetime_of(ts_from_pb(reply.next_run_at, "next_run_at")) if reply.HasField("next_run_at") else None
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        return schedule_from_pb(await self._call("GetSchedule", pb.ScheduleIdRequest(id=schedule_id)))
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        return schedule_from_pb(await self._call("PauseSchedule", pb.ScheduleIdRequest(id=schedule_id)))
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        return schedule_from_pb(await self._call("ResumeSchedule", pb.ScheduleIdRequest(id=schedule_id)))
+
+    async def update_schedule(self, schedule_id: str, *, trigger: Trigger | None = None, arguments: Any = None,
+                              **options: Any) -> Schedule:
+        """Change a schedule from its next fire on (options as for ``Manager.update_schedule``)."""
+        request = pb.UpdateScheduleRequest(id=schedule_id)
+        if trigger is not None:
+            trigger_to_pb(trigger, request.trigger)
+        _schedule_request(request, "", arguments, options)
+        return schedule_from_pb(await self._call("UpdateSchedule", request))
+
+    async def remove_schedule(self, schedule_id: str) -> None:
+        await self._call("RemoveSchedule", pb.ScheduleIdRequest(id=schedule_id))
+
     # -- queries ---------------------------------------------------------------------------------------
     async def lookup_instances(self, query: Query | None = None, **filters: Any) -> list[Instance]:
         """Instances in the store matching ``query`` (or ``Query(**filters)``), oldest first."""
@@ -444,3 +489,19 @@ def _encode_arguments(kind: str, payload: Any) -> str:
     except (TypeError, ValueError) as exc:
         raise UnserializableArgumentError(f"job {kind!r}: arguments {payload!r:.200} cannot be sent to the node: "
                                           f"{exc}", kind=kind, value=payload) from None
+
+
+def _schedule_request(request: Any, kind: str, arguments: Any, options: dict[str, Any]) -> None:
+    """Fill the arguments and options of an add or update request (None and absent: not given)."""
+    if arguments is not None and arguments != ():
+        payload = list(arguments) if isinstance(arguments, (tuple, list)) else (
+            arguments if isinstance(arguments, dict) else [arguments])
+        request.arguments_json = _encode_arguments(kind, payload)
+    for name, value in options.items():
+        if name not in ("priority", "max_retries", "timeout", "misfire_grace_time", "coalesce", "max_runs", "jitter"):
+            raise TypeError(f"unexpected schedule option {name!r}")
+        if value is None:
+            continue
+        if name in ("timeout", "misfire_grace_time", "jitter"):
+            value = _secs(value, name)
+        setattr(request, name, value)

@@ -12,7 +12,19 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from gojob_core import Instance, LogLevel, LogRecord, Query, State, StateRecord
+from gojob_core import (
+    CronTrigger,
+    DateTrigger,
+    Instance,
+    IntervalTrigger,
+    LogLevel,
+    LogRecord,
+    Query,
+    Schedule,
+    State,
+    StateRecord,
+    Trigger,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from .proto.gojob.v1 import jobs_pb2 as pb
@@ -210,3 +222,67 @@ def query_from_pb(m: pb.Query, prefix: str = "query") -> Query:
         raise BadField(f"{prefix}.since", f"since ({datetime_of(since)}) is after until ({datetime_of(until)})")
     return Query(instance=m.uuid or None, kind=m.kind or None, state=states, since=since, until=until,
                  limit=m.limit if m.HasField("limit") else None)
+
+
+# -- schedules ---------------------------------------------------------------------------------------------
+def trigger_to_pb(trigger: Trigger, out: pb.Trigger) -> pb.Trigger:
+    """A core trigger into ``out`` (a request's or a schedule's trigger field)."""
+    if isinstance(trigger, CronTrigger):
+        out.cron = trigger.spec
+        if trigger.timezone is not None:
+            out.timezone = str(trigger.timezone if isinstance(trigger.timezone, str)
+                               else getattr(trigger.timezone, "key", trigger.timezone))
+    elif isinstance(trigger, IntervalTrigger):
+        every = trigger.every
+        out.every = every.total_seconds() if isinstance(every, _dt.timedelta) else float(every)
+    elif isinstance(trigger, DateTrigger):
+        at = trigger.at
+        ts_to_pb(at.timestamp() if isinstance(at, _dt.datetime) else float(at), out.at)
+    else:
+        raise ValueError(f"trigger must be a CronTrigger, IntervalTrigger or DateTrigger, got {trigger!r}")
+    for name in ("start", "end"):
+        when = getattr(trigger, name, None)
+        if when is not None:
+            ts_to_pb(when.timestamp() if isinstance(when, _dt.datetime) else float(when), getattr(out, name))
+    return out
+
+
+def trigger_from_pb(m: pb.Trigger, field: str = "trigger") -> Trigger:
+    """The trigger a message gives (exactly one of cron, every, at); BadField names what is wrong."""
+    given = [n for n, on in (("cron", bool(m.cron)), ("every", m.HasField("every")), ("at", m.HasField("at"))) if on]
+    if len(given) != 1:
+        raise BadField(field, f"give exactly one of {field}.cron, {field}.every, {field}.at"
+                              + (f", not {' and '.join(given)}" if given else ""))
+    start = ts_from_pb(m.start, f"{field}.start") if m.HasField("start") else None
+    end = ts_from_pb(m.end, f"{field}.end") if m.HasField("end") else None
+    if m.HasField("at"):
+        if start is not None or end is not None:
+            raise BadField(f"{field}.at", "a single date takes no start or end")
+        return DateTrigger(ts_from_pb(m.at, f"{field}.at"))
+    if m.HasField("every"):
+        return IntervalTrigger(m.every, start=start, end=end)
+    return CronTrigger(m.cron, m.timezone or None, start=start, end=end)
+
+
+def schedule_to_pb(s: Schedule) -> pb.ScheduleInfo:
+    m = pb.ScheduleInfo(id=s.id, kind=s.kind, state=s.state, description=s.trigger.describe(),
+                        args_json=dumps(list(s.args)), kwargs_json=dumps(dict(s.kwargs)), priority=s.priority,
+                        max_retries=s.max_retries, coalesce=s.coalesce, jitter=s.jitter, runs=s.runs)
+    trigger_to_pb(s.trigger, m.trigger)
+    for name in ("timeout", "misfire_grace_time", "max_runs"):
+        if getattr(s, name) is not None:
+            setattr(m, name, getattr(s, name))
+    if s.next_fire_ts is not None:
+        ts_to_pb(s.next_fire_ts, m.next_fire_at)
+    return m
+
+
+def schedule_from_pb(m: pb.ScheduleInfo) -> Schedule:
+    trigger = trigger_from_pb(m.trigger).bind(0.0, m.kind)
+    return Schedule(id=m.id, kind=m.kind, trigger=trigger, args=list(_loads(m.args_json) or []),
+                    kwargs=dict(_loads(m.kwargs_json) or {}), state=m.state,  # type: ignore[arg-type]
+                    priority=m.priority, max_retries=m.max_retries,
+                    timeout=m.timeout if m.HasField("timeout") else None,
+                    misfire_grace_time=m.misfire_grace_time if m.HasField("misfire_grace_time") else None,
+                    coalesce=m.coalesce or "latest", max_runs=m.max_runs if m.HasField("max_runs") else None,  # type: ignore[arg-type]
+                    jitter=m.jitter, runs=m.runs, next_fire_ts=_opt_ts(m, "next_fire_at"))

@@ -33,6 +33,7 @@ from gojob_core import (
     InstanceNotFoundError,
     Manager,
     ScheduleError,
+    ScheduleNotFoundError,
     State,
     StoreError,
     UnknownJobError,
@@ -46,8 +47,10 @@ from ._convert import (
     log_to_pb,
     query_from_pb,
     record_to_pb,
+    schedule_to_pb,
     state_from_pb,
     state_to_pb,
+    trigger_from_pb,
     ts_from_pb,
     ts_to_pb,
 )
@@ -68,7 +71,9 @@ DEFAULT_LISTEN = "127.0.0.1:50051"
 #: the initial-metadata key a WatchInstances stream sends once it is subscribed
 WATCH_READY_KEY = "gojob-watch"
 _T = TypeVar("_T")
-_SCHEDULE_FIELDS = ("crontab_spec", "timezone", "schedule_at", "schedule_after", "timeout", "max_retries", "priority")
+_SCHEDULE_FIELDS = ("crontab_spec", "timezone", "schedule_at", "schedule_after", "timeout", "max_retries", "priority",
+                   "misfire_grace_time", "coalesce", "max_runs", "jitter", "trigger", "schedule id", "start", "end",
+                   "every", "at")
 _CLOSED = object()
 
 
@@ -175,6 +180,8 @@ def _translate(exc: Exception, manager: Manager) -> _Reject:
         return _Reject(code.NOT_FOUND, str(exc), field="kind", error_type="UnknownJobError")
     if isinstance(exc, InstanceNotFoundError):
         return _Reject(code.NOT_FOUND, str(exc), field="uuid", error_type="InstanceNotFoundError")
+    if isinstance(exc, ScheduleNotFoundError):
+        return _Reject(code.NOT_FOUND, str(exc), field="id", error_type="ScheduleNotFoundError")
     if isinstance(exc, ArgumentError):
         return _Reject(code.INVALID_ARGUMENT, str(exc), field="arguments", error_type=type(exc).__name__,
                        parameter=exc.parameter)
@@ -369,6 +376,80 @@ class JobServicer(pb_grpc.JobServiceServicer):
                 options[name] = getattr(request, name)
         inst = await self.manager.schedule_registered_job(request.kind, **options)
         return instance_to_pb(inst)
+
+    # -- schedules -------------------------------------------------------------------------------------
+    @staticmethod
+    def _schedule_options(request: Any) -> dict[str, Any]:
+        """The options a schedule request gives (those left unset are not in the result)."""
+        options: dict[str, Any] = {}
+        if request.arguments_json:
+            options["arguments"] = _arguments(request.arguments_json)
+        for name in ("priority", "max_retries", "timeout", "misfire_grace_time", "max_runs", "jitter"):
+            if request.HasField(name):
+                options[name] = getattr(request, name)
+        if request.coalesce:
+            options["coalesce"] = request.coalesce
+        return options
+
+    @_unary
+    async def AddSchedule(self, request: pb.AddScheduleRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ScheduleInfo:
+        if not request.kind:
+            raise BadField("kind", "a job kind is required")
+        if not request.HasField("trigger"):
+            raise BadField("trigger", "a trigger is required (cron, every or at)")
+        options = self._schedule_options(request)
+        if request.id:
+            options["id"] = request.id
+        sched = await self.manager.add_schedule(request.kind, trigger_from_pb(request.trigger),
+                                                paused=request.paused, **options)
+        return schedule_to_pb(sched)
+
+    @_unary
+    async def ListSchedules(self, request: pb.ListSchedulesRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListSchedulesResponse:
+        if request.state and request.state not in ("active", "paused", "finished"):
+            raise BadField("state", f"must be active, paused or finished, got {request.state!r}")
+        found = await self.manager.list_schedules(kind=request.kind or None, state=request.state or None)
+        reply = pb.ListSchedulesResponse(schedules=[schedule_to_pb(s) for s in found])
+        times = [s.next_fire_ts for s in await self.manager.list_schedules(state="active")
+                 if s.next_fire_ts is not None]
+        if times:
+            ts_to_pb(min(times), reply.next_run_at)
+        return reply
+
+    def _schedule_id(self, request: Any) -> str:
+        if not request.id:
+            raise BadField("id", "a schedule id is required")
+        return str(request.id)
+
+    @_unary
+    async def GetSchedule(self, request: pb.ScheduleIdRequest, context: grpc.aio.ServicerContext) -> pb.ScheduleInfo:
+        return schedule_to_pb(await self.manager.get_schedule(self._schedule_id(request)))
+
+    @_unary
+    async def PauseSchedule(self, request: pb.ScheduleIdRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ScheduleInfo:
+        return schedule_to_pb(await self.manager.pause_schedule(self._schedule_id(request)))
+
+    @_unary
+    async def ResumeSchedule(self, request: pb.ScheduleIdRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ScheduleInfo:
+        return schedule_to_pb(await self.manager.resume_schedule(self._schedule_id(request)))
+
+    @_unary
+    async def UpdateSchedule(self, request: pb.UpdateScheduleRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ScheduleInfo:
+        options = self._schedule_options(request)
+        if request.HasField("trigger"):
+            options["trigger"] = trigger_from_pb(request.trigger)
+        return schedule_to_pb(await self.manager.update_schedule(self._schedule_id(request), **options))
+
+    @_unary
+    async def RemoveSchedule(self, request: pb.ScheduleIdRequest,
+                             context: grpc.aio.ServicerContext) -> pb.RemoveScheduleResponse:
+        await self.manager.remove_schedule(self._schedule_id(request))
+        return pb.RemoveScheduleResponse()
 
     @_unary
     async def ListInstances(self, request: pb.ListInstancesRequest,

@@ -9,7 +9,14 @@
     jobs                                   the jobs registered on the node
     instances [--kind K] [--state S]... [--since T] [--until T] [--limit N]
     show UUID | history UUID | logs UUID   one instance, its state history, its log
-    cancel UUID                            cancel it wherever it is (queued, delayed, recurring, running)
+    cancel UUID                            cancel it wherever it is (queued, delayed, running); an occurrence
+                                           of a schedule alone: stop the schedule with schedule pause/remove
+    schedules [--kind K] [--state S]       the schedules in the store, with their next fire times
+    schedule add KIND [ARGS...] [--kw NAME=VALUE]... (--cron SPEC [--tz ZONE] | --every DURATION | --at TIME)
+             [--id ID] [--start TIME] [--end TIME] [--max-runs N] [--jitter S] [--misfire-grace S]
+             [--coalesce latest|all] [--paused] [--priority N] [--max-retries N] [--timeout S]
+    schedule update ID [the options of add, the trigger and ARGS included] | schedule pause ID
+    schedule resume ID | schedule remove ID
     workers [N]                            the pool size; with N, resize the pool to N
     wait UUID [--timeout S]                until the instance is final; exit 0 only if it COMPLETED
     watch [--kind K] [--uuid U]... [--state S]... [--count N]
@@ -223,16 +230,71 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("health", "the node's id, status, store, pool and versions")
 
+    p = command("schedules", "list the schedules in the store, with their next fire times")
+    p.add_argument("--kind", metavar="K")
+    p.add_argument("--state", choices=("active", "paused", "finished"))
+    for name, help_text in (("add", "add a schedule of a registered job; prints its id"),
+                            ("update", "change a schedule from its next fire on")):
+        p = command(f"schedule-{name}", help_text)
+        p.add_argument("kind" if name == "add" else "id", metavar="KIND" if name == "add" else "ID")
+        p.add_argument("args", nargs="*", metavar="ARGS", help="positional arguments: JSON values, else strings")
+        p.add_argument("--kw", action="append", default=[], metavar="NAME=VALUE", help="a keyword argument")
+        when = p.add_mutually_exclusive_group(required=name == "add")
+        when.add_argument("--cron", metavar="SPEC", help="a crontab spec: 5 fields, or 6 with seconds last")
+        when.add_argument("--every", metavar="DURATION", help="a fixed interval")
+        when.add_argument("--at", metavar="TIME", help="once, at TIME")
+        p.add_argument("--tz", metavar="ZONE", help="IANA time zone of --cron (default: the node's local time)")
+        p.add_argument("--start", metavar="TIME", help="no fire before TIME (--cron, --every)")
+        p.add_argument("--end", metavar="TIME", help="no fire after TIME (--cron, --every)")
+        if name == "add":
+            p.add_argument("--id", metavar="ID", help="the schedule's id (default: derived from kind, trigger, ARGS)")
+            p.add_argument("--paused", action="store_true", help="add it without firing")
+        p.add_argument("--max-runs", type=int, metavar="N", help="how many occurrences it makes")
+        p.add_argument("--jitter", metavar="S", help="delay each occurrence by a random 0 to S seconds")
+        p.add_argument("--misfire-grace", metavar="S", help="skip an occurrence that starts later than S after its "
+                                                            "fire time (default: no limit)")
+        p.add_argument("--coalesce", choices=("latest", "all"), help="of several missed fire times, run the latest "
+                                                                     "only (default) or all")
+        p.add_argument("--priority", type=int, metavar="N")
+        p.add_argument("--max-retries", type=int, metavar="N")
+        p.add_argument("--timeout", metavar="S")
+    for name in ("pause", "resume", "remove"):
+        command(f"schedule-{name}", f"{name} a schedule").add_argument("id", metavar="ID")
+
     p = command("corrupt", "list the records the store set aside because it could not read them (nothing set "
                            "aside runs); with --drop, forget one after reading it")
     p.add_argument("--drop", metavar="KEY", help="delete the set-aside record KEY (as listed); exit 1 if there is none")
     return parser
 
 
+#: ``jobctl schedule add|update|pause|resume|remove ...``: the schedule commands (a job kind of one of these
+#: names is scheduled with ``jobctl schedule -- NAME``)
+_SCHEDULE_VERBS = ("add", "update", "pause", "resume", "remove")
+#: connection options that take a value (skipped when looking for the command word)
+_VALUED = ("--target", "--token", "--token-file", "--tls-ca", "--tls-server-name", "--rpc-timeout")
+
+
+def _schedule_verb(argv: list[str]) -> list[str]:
+    """``schedule VERB`` rewritten as the command ``schedule-VERB``."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _VALUED:
+            i += 2
+            continue
+        if word.startswith("-"):
+            i += 1
+            continue
+        if word == "schedule" and i + 1 < len(argv) and argv[i + 1] in _SCHEDULE_VERBS:
+            return [*argv[:i], f"schedule-{argv[i + 1]}", *argv[i + 2:]]
+        return argv
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``jobctl`` console script; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_schedule_verb(list(sys.argv[1:] if argv is None else argv)))
     if not args.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -287,17 +349,7 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
     """Every value of the command line checked and converted before connecting (usage errors first)."""
     cmd, plan = args.command, {}
     if cmd == "schedule":
-        if args.args and args.kw:
-            raise UsageError("give positional ARGS or --kw NAME=VALUE, not both (an instance gets one or the other)")
-        arguments: Any = [parse_value(a) for a in args.args]
-        if args.kw:
-            arguments = {}
-            for item in args.kw:
-                name, sep, value = item.partition("=")
-                if not sep or not name:
-                    raise UsageError(f"--kw {item!r}: expected NAME=VALUE")
-                arguments[name] = parse_value(value)
-        plan["arguments"] = arguments
+        plan["arguments"] = _arguments_of(args)
         if args.at is not None:
             plan["schedule_at"] = parse_time(args.at, "--at")
         if args.after is not None:
@@ -313,6 +365,8 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
                 plan[name] = getattr(args, name)
         if args.timeout is not None:
             plan["timeout"] = parse_duration(args.timeout, "--timeout")
+    elif cmd in ("schedule-add", "schedule-update"):
+        plan.update(_schedule_plan(args))
     elif cmd == "instances":
         from gojob_core import Query, State
 
@@ -337,6 +391,50 @@ def _plan(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--state: {exc}") from None
         if args.count is not None and args.count <= 0:
             raise UsageError(f"--count must be a positive integer, got {args.count}")
+    return plan
+
+
+def _arguments_of(args: argparse.Namespace) -> Any:
+    if args.args and args.kw:
+        raise UsageError("give positional ARGS or --kw NAME=VALUE, not both (an instance gets one or the other)")
+    arguments: Any = [parse_value(a) for a in args.args]
+    if args.kw:
+        arguments = {}
+        for item in args.kw:
+            name, sep, value = item.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--kw {item!r}: expected NAME=VALUE")
+            arguments[name] = parse_value(value)
+    return arguments
+
+
+def _schedule_plan(args: argparse.Namespace) -> dict[str, Any]:
+    """The trigger and options of ``schedule add`` or ``schedule update``."""
+    from gojob_core import CronTrigger, DateTrigger, IntervalTrigger
+
+    plan: dict[str, Any] = {}
+    if args.args or args.kw:
+        plan["arguments"] = _arguments_of(args)
+    start = parse_time(args.start, "--start") if args.start else None
+    end = parse_time(args.end, "--end") if args.end else None
+    if args.tz is not None and args.cron is None:
+        raise UsageError("--tz applies to --cron only")
+    if args.cron is not None:
+        plan["trigger"] = CronTrigger(args.cron, args.tz, start=start, end=end)
+    elif args.every is not None:
+        plan["trigger"] = IntervalTrigger(parse_duration(args.every, "--every"), start=start, end=end)
+    elif args.at is not None:
+        if start is not None or end is not None:
+            raise UsageError("--start and --end apply to --cron and --every")
+        plan["trigger"] = DateTrigger(parse_time(args.at, "--at"))
+    elif start is not None or end is not None:
+        raise UsageError("--start and --end go with --cron or --every")
+    for name in ("priority", "max_retries", "max_runs", "coalesce"):
+        if getattr(args, name) is not None:
+            plan[name] = getattr(args, name)
+    for name, flag in (("timeout", "--timeout"), ("jitter", "--jitter"), ("misfire_grace", "--misfire-grace")):
+        if getattr(args, name) is not None:
+            plan["misfire_grace_time" if name == "misfire_grace" else name] = parse_duration(getattr(args, name), flag)
     return plan
 
 
@@ -531,10 +629,63 @@ async def _corrupt(client: Any, args: argparse.Namespace, plan: dict[str, Any], 
     return EXIT_OK
 
 
+def schedule_json(s: Any) -> dict[str, Any]:
+    """A schedule as jobctl prints it with --json (times as ISO 8601 in UTC)."""
+    return {"id": s.id, "kind": s.kind, "state": s.state, "trigger": s.trigger.to_dict(),
+            "description": s.trigger.describe(), "args": list(s.args), "kwargs": dict(s.kwargs),
+            "priority": s.priority, "max_retries": s.max_retries, "timeout": s.timeout,
+            "misfire_grace_time": s.misfire_grace_time, "coalesce": s.coalesce, "max_runs": s.max_runs,
+            "jitter": s.jitter, "runs": s.runs, "next_fire_at": _iso(s.next_fire_ts)}
+
+
+async def _schedules(client: Any, args: argparse.Namespace, plan: dict[str, Any], out: _Output) -> int:
+    found = await client.list_schedules(kind=args.kind, state=args.state)
+    if out.json:
+        out.emit([schedule_json(s) for s in found])
+    else:
+        out.table(["ID", "KIND", "STATE", "TRIGGER", "NEXT FIRE", "RUNS"],
+                  [[s.id, s.kind, s.state, s.trigger.describe(), _time(s.next_fire_ts),
+                    f"{s.runs}" + (f"/{s.max_runs}" if s.max_runs else "")] for s in found],
+                  empty="no schedules")
+    return EXIT_OK
+
+
+async def _schedule_add(client: Any, args: argparse.Namespace, plan: dict[str, Any], out: _Output) -> int:
+    options = dict(plan)
+    trigger = options.pop("trigger")
+    sched = await client.add_schedule(args.kind, trigger, id=args.id, paused=args.paused, **options)
+    _print_schedule(out, sched)
+    return EXIT_OK
+
+
+async def _schedule_change(client: Any, args: argparse.Namespace, plan: dict[str, Any], out: _Output) -> int:
+    verb = args.command.removeprefix("schedule-")
+    if verb == "update":
+        sched = await client.update_schedule(args.id, **plan)
+    elif verb == "remove":
+        await client.remove_schedule(args.id)
+        if out.json:
+            out.emit({"id": args.id, "removed": True})
+        return EXIT_OK
+    else:
+        sched = await getattr(client, f"{verb}_schedule")(args.id)
+    _print_schedule(out, sched)
+    return EXIT_OK
+
+
+def _print_schedule(out: _Output, sched: Any) -> None:
+    if out.json:
+        out.emit(schedule_json(sched))
+    else:
+        print(f"{sched.id}\t{sched.state}\tnext fire {_time(sched.next_fire_ts)}")
+
+
 _COMMANDS: dict[str, Callable[..., Any]] = {
     "schedule": _schedule, "jobs": _jobs, "instances": _instances, "show": _show, "history": _history,
     "logs": _logs, "cancel": _cancel, "workers": _workers, "wait": _wait, "watch": _watch, "health": _health,
-    "corrupt": _corrupt,
+    "corrupt": _corrupt, "schedules": _schedules, "schedule-add": _schedule_add,
+    "schedule-update": _schedule_change, "schedule-pause": _schedule_change, "schedule-resume": _schedule_change,
+    "schedule-remove": _schedule_change,
 }
 
 

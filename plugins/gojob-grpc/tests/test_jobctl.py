@@ -99,6 +99,37 @@ def test_schedule_options(node: Node) -> None:
     for uuid in (inst["uuid"], later["uuid"], cron["uuid"]):
         assert ok(node.jobctl("cancel", uuid)).strip() == f"{uuid}: CANCELED"
     assert as_json(node.jobctl("show", cron["uuid"], "--json"))["state"] == "CANCELED"
+    # that occurrence only: the schedule goes on, until it is removed
+    [sched] = [s for s in as_json(node.jobctl("schedules", "--json")) if s["id"] == cron["schedule_id"]]
+    assert sched["state"] == "active" and sched["next_fire_at"] > cron["ready_at"]
+    ok(node.jobctl("schedule", "remove", cron["schedule_id"]))
+
+
+def test_schedule_commands(node: Node) -> None:
+    added = as_json(node.jobctl("schedule", "add", "sum", "1", "2", "--every", "1h", "--id", "hourly-sum",
+                                "--max-runs", "3", "--misfire-grace", "5m", "--coalesce", "all", "--json"))
+    assert (added["id"], added["kind"], added["state"], added["args"], added["runs"]) == (
+        "hourly-sum", "sum", "active", [1, 2], 1)
+    assert (added["max_runs"], added["misfire_grace_time"], added["coalesce"]) == (3, 300.0, "all")
+    assert added["trigger"]["type"] == "interval" and added["trigger"]["every"] == 3600.0
+    table = ok(node.jobctl("schedules"))
+    assert table.splitlines()[0].split() == ["ID", "KIND", "STATE", "TRIGGER", "NEXT", "FIRE", "RUNS"]
+    assert any(line.startswith("hourly-sum") and "1/3" in line for line in table.splitlines())
+    assert "paused" in ok(node.jobctl("schedule", "pause", "hourly-sum"))
+    resumed = as_json(node.jobctl("schedule", "resume", "hourly-sum", "--json"))
+    assert resumed["state"] == "active" and resumed["next_fire_at"] is not None
+    updated = as_json(node.jobctl("schedule", "update", "hourly-sum", "--cron", "0 3 * * *", "--tz", "UTC", "--json"))
+    assert updated["trigger"]["spec"] == "0 3 * * *" and updated["description"] == "cron '0 3 * * *' UTC"
+    assert dt.datetime.fromisoformat(updated["next_fire_at"]).hour == 3
+    ok(node.jobctl("schedule", "remove", "hourly-sum"))
+    assert "hourly-sum" not in ok(node.jobctl("schedules"))
+    gone = node.jobctl("schedule", "pause", "hourly-sum")
+    assert gone.returncode == NOT_FOUND and "no schedule with id 'hourly-sum'" in gone.stderr
+    bad = node.jobctl("schedule", "add", "sum", "1", "2", "--cron", "61 * * * *")
+    assert bad.returncode == USAGE and "job 'sum': invalid crontab_spec '61 * * * *'" in bad.stderr
+    bad = node.jobctl("schedule", "add", "sum", "1", "2", "--every", "1h", "--misfire-grace", "-5")
+    assert bad.returncode == USAGE
+    assert node.jobctl("schedule", "add", "sum", "1", "2").returncode == USAGE  # no trigger
 
 
 def test_instances_filters(node: Node) -> None:

@@ -24,7 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 PER_KIND = {"go_job_queued", "go_job_running", "go_job_executed", "go_job_completed", "go_job_terminated",
             "go_job_canceled", "go_job_timedout", "go_job_retried", "go_job_duration_seconds", "go_job_wait_seconds",
-            "go_job_oldest_ready_age_seconds"}
+            "go_job_oldest_ready_age_seconds", "go_job_schedule_fires", "go_job_schedule_misfires",
+            "go_job_schedule_lateness_seconds"}
+#: labeled by schedule state (a fixed set), not by kind
+BY_STATE = {"go_job_schedules"}
 UNLABELED = {"go_job_registered", "go_job_workers", "go_job_lease_reclaimed", "go_job_lease_lost",
              "go_job_corrupt_records"}
 
@@ -58,12 +61,12 @@ async def test_metrics_after_a_known_sequence(nodes: NodeFactory) -> None:
         registered = (await c.health()).registered_jobs  # other installed plugins may add jobs
 
     families = scrape(node.metrics_url)
-    assert set(families) == PER_KIND | UNLABELED, sorted(families)
+    assert set(families) == PER_KIND | UNLABELED | BY_STATE, sorted(families)
 
     # labels: kind only (and le on histogram buckets); never an argument, a result or a node
     for family in families.values():
         for s in family.samples:
-            expected = set() if family.name in UNLABELED else {"kind"}
+            expected = set() if family.name in UNLABELED else {"state"} if family.name in BY_STATE else {"kind"}
             if s.name.endswith("_bucket"):
                 expected.add("le")
             assert set(s.labels) == expected, (s.name, s.labels)

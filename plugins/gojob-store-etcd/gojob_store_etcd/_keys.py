@@ -16,7 +16,8 @@
                                                        was removed (``clear_instances``)
 ``{p}l/{uuid}/{ts_us:17}/{tag}``, ``{p}m/{ts_us}/..``  log records, per instance and by time
 ``{p}s/{schedule_id}/{uuid}``                          the occurrences of a recurring schedule
-``{p}x/{schedule_id}``                                 a canceled schedule (a chained occurrence is refused)
+``{p}x/{schedule_id}``                                 a canceled occurrence chain (a chained occurrence is refused)
+``{p}r/{schedule_id}``                                 a schedule record (JSON; its version is the key's mod revision)
 ``{p}z/{sha1(key)}``                                   the report of a record that could not be decoded (the record
                                                        itself is left where it is, or moved aside if it was a queue
                                                        or running entry)
@@ -100,7 +101,7 @@ class Keys:
     """The key bases of one prefix (see the module's table), and the keys built from them and read back."""
 
     __slots__ = ("cleared", "delayed", "history", "instance", "kept", "liveness", "logs", "logs_by_time", "prefix",
-                 "queue", "ready", "report", "running", "schedule", "schedule_canceled")
+                 "queue", "ready", "report", "running", "schedule", "schedule_canceled", "schedule_record")
 
     def __init__(self, prefix: str) -> None:
         p = prefix.encode()
@@ -117,6 +118,7 @@ class Keys:
         self.logs_by_time = p + b"m/"
         self.schedule = p + b"s/"
         self.schedule_canceled = p + b"x/"
+        self.schedule_record = p + b"r/"
         self.report = p + b"z/"
         self.kept = p + b"zr/"
 

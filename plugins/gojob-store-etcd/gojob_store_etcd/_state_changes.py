@@ -333,29 +333,49 @@ class StateChanges:
         self._wake()
 
     async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
-        k = self.keys
-        c = self._c()
         first = (await self._read([uuid]))[uuid]
         await self._flush_corrupt()
         self._not_corrupt(uuid, first)
         if first.inst is None:
             return None
-        sid = first.inst.schedule_id
-        head = []
-        targets = [uuid]
-        if sid:
-            sb = str(sid).encode()
-            head.append(op_put(k.schedule_canceled + sb, b"1"))
-            base = k.schedule + sb + b"/"
-            key = base
-            while True:
-                page = await c.range(key, prefix_end(base), limit=PAGE, keys_only=True)
-                targets += [kv.key[len(base):].decode() for kv in page.kvs]
-                if not page.more or not page.kvs:
-                    break
-                key = page.kvs[-1].key + b"\0"
-            targets = list(dict.fromkeys(targets))
-        states = await self._read(targets) if len(targets) > 1 else {uuid: first}
+        await self._cancel({uuid: first}, node, waiting_only=False)
+        return await self.get_instance(uuid)
+
+    async def cancel_schedule(self, schedule_id: str, *, node: str | None = None) -> list[Instance]:
+        k = self.keys
+        c = self._c()
+        sb = str(schedule_id).encode()
+        if b"/" in sb:
+            raise ValueError(f"schedule id {schedule_id!r} must not contain '/'")
+        # the mark first, in a request of its own: an occurrence chained after it is refused, one chained
+        # before it is among the members read next
+        await c.txn([op_put(k.schedule_canceled + sb, b"1")])
+        base = k.schedule + sb + b"/"
+        targets: list[str] = []
+        key = base
+        while True:
+            page = await c.range(key, prefix_end(base), limit=PAGE, keys_only=True)
+            targets += [kv.key[len(base):].decode() for kv in page.kvs]
+            if not page.more or not page.kvs:
+                break
+            key = page.kvs[-1].key + b"\0"
+        if not targets:
+            return []
+        states = await self._read(sorted(set(targets)))
+        await self._flush_corrupt()
+        done = await self._cancel(states, node, waiting_only=True)
+        out = []
+        for u in sorted(done):
+            inst = await self.get_instance(u)
+            if inst is not None and inst.state is State.CANCELED:
+                out.append(inst)
+        return out
+
+    async def _cancel(self, states: dict[str, Snapshot], node: str | None, *, waiting_only: bool) -> set[str]:
+        """Apply a cancel to each instance read (conflicts read again and retried); returns the uuids
+        made CANCELED. ``waiting_only``: a running one is left be (a chain stopped, not a cancel asked)."""
+        k = self.keys
+        done: set[str] = set()
         pending = list(states)
         for _ in range(5):
             t = now()
@@ -366,6 +386,8 @@ class StateChanges:
                 if snap.inst is None:
                     continue
                 inst = current(snap)
+                if waiting_only and inst.state not in transitions.WAITING:
+                    continue
                 history = transitions.cancel(inst, t, node)
                 if history is None:
                     continue
@@ -373,10 +395,12 @@ class StateChanges:
                 ikey, pkey = k.instance + b, k.running + b
                 failure = [op_range(ikey), op_range(pkey)]
 
-                def done(r: Any, rev: int, u: str = u) -> None:
+                def done_(r: Any, rev: int, u: str = u, final: bool = bool(history)) -> None:
                     txn = r.response_txn
                     if not txn.succeeded:
                         fresh[u] = self._snapshot(txn.responses[0], txn.responses[1])
+                    elif final:
+                        done.add(u)
 
                 if history:  # the record changes (final at once): written with its history, out of the queue
                     rkey, dkey = k.queue_keys(snap.inst)
@@ -384,16 +408,15 @@ class StateChanges:
                     self._dw.delete(dkey)
                     raw, _, put_history = self._with_history(inst, snap.pointers, history)
                     success = [op_put(ikey, raw), op_delete(rkey), op_delete(dkey), put_history]
-                    parts.append(Part(op_txn([mod_is(ikey, snap.i_rev)], success, failure), done, 2000))
+                    parts.append(Part(op_txn([mod_is(ikey, snap.i_rev)], success, failure), done_, 2000))
                 elif snap.p is not None and inst.cancel_requested:
                     # running: the flag goes to its running entry, where its node hears of it
                     p = dict(snap.p, cancel=True)
                     parts.append(Part(op_txn([mod_is(pkey, snap.p_rev), mod_is(ikey, snap.i_rev)],
-                                             [op_put(pkey, encode_running(p))], failure), done, 400))
-            await send(self._c(), parts, head)
-            head = []
+                                             [op_put(pkey, encode_running(p))], failure), done_, 400))
+            await send(self._c(), parts)
             states.update(fresh)
             pending = list(fresh)
             if not pending:
                 break
-        return await self.get_instance(uuid)
+        return done

@@ -16,6 +16,7 @@ methods (a mixin) or of what they use:
 ``_corrupt``               records that cannot be decoded or used: reported, set aside, never run
 ``_queries``               reading instances, listing and clearing them, the queue's sizes
 ``_history``               state history and logs
+``_schedules``             schedule records (compare-and-set on their mod revision)
 ``_compaction``            the store's own compaction of etcd's history: opt-in (``compact``), off by default
 =========================  ======================================================================================
 
@@ -42,13 +43,15 @@ from ._history import HistoryAndLogs
 from ._keys import Keys
 from ._leases import NodeLeases
 from ._queries import Queries
+from ._schedules import ScheduleRecords
 from ._state_changes import StateChanges
 from ._watch import QueueWatch
 
 __all__ = ["EtcdStore"]
 
 
-class EtcdStore(StateChanges, Claims, QueueWatch, NodeLeases, CorruptRecords, Queries, HistoryAndLogs, Store):
+class EtcdStore(StateChanges, Claims, QueueWatch, NodeLeases, CorruptRecords, Queries, HistoryAndLogs, ScheduleRecords,
+                Store):
     """Queue, history and logs on etcd, shared by every node pointed at the same cluster and prefix.
 
     ``EtcdStore.from_url("etcd://user:pw@h1:2379,h2:2379/myapp?timeout=5")``; ``etcds://`` for TLS

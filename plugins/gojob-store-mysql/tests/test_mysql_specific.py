@@ -249,8 +249,9 @@ async def test_wrong_password_is_an_access_error(mysql_server: MariadbServer) ->
 
 
 async def test_instances_re_entering_the_queue_take_new_fifo_numbers(make_store: Callable[[], MysqlStore]) -> None:
-    """A release (like a retry or a reclaim) gives instances new FIFO numbers: the numbers are taken in the write's own round trip (LAST_INSERT_ID), distinct and past every other
-    (the claim order is priority, ready time, then this number)."""
+    """A release (like a retry or a reclaim) gives instances new FIFO numbers: taken in the write's own
+    round trip (LAST_INSERT_ID), distinct and past every other (the claim order is priority, ready time,
+    then this number)."""
     async with make_store() as store:
         a, b, c = _inst(1), _inst(2), _inst(3)
         await store.enqueue([a, b])

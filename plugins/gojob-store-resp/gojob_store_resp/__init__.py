@@ -24,8 +24,10 @@ Key layout (``{p}`` is the key prefix, ``gojob:`` by default; single-node server
 ``{p}waiting:{kind}``      ZSET uuid by ready time, per kind (go_job_oldest_ready_age_seconds)
 ``{p}idle``                HASH node -> "limit lease deadline": nodes waiting for work (handoff)
 ``{p}handed``              HASH node -> instances handed to it while it waited
-``{p}sched:{id}``          SET uuids of one recurring schedule's occurrences
-``{p}sched:canceled``      SET canceled schedule ids (a chained occurrence of one is refused)
+``{p}sched:{id}``          SET uuids of one occurrence chain's occurrences
+``{p}sched:canceled``      SET canceled chain ids (a chained occurrence of one is refused)
+``{p}schedules``           HASH schedule id -> ``"{version} {record JSON}"`` (schedule records,
+                           compare-and-set by version in the ``schedule_*`` scripts)
 ``{p}hist``                ZSET state records (JSON) by time; ``{p}hist:i:{uuid}`` per instance
 ``{p}logs``                ZSET log records (JSON) by time; ``{p}logs:i:{uuid}`` per instance
 ``{p}layout``              STRING the key layout version (``LAYOUT_VERSION``), set by the first node;
@@ -65,7 +67,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import anyio
 from gojob_core import CorruptRecordError, Instance, LogRecord, Query, State, StateRecord, StoreError
 from gojob_core._instance import DEFAULT_MAX_ABANDONS
-from gojob_core.abc import CorruptRecord, LeaseReport, Outcome, Store
+from gojob_core.abc import CorruptRecord, LeaseReport, Outcome, ScheduleRecord, Store
 
 __all__ = ["LAYOUT_VERSION", "RespConnection", "RespOptions", "RespStore", "RespSubscription", "load_scripts",
            "parse_resp_url"]
@@ -560,7 +562,52 @@ class RespStore(Store):
             await self._run("release", node, *uuids)
 
     async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
-        return await self._one(uuid, await self._run("cancel", uuid, node or ""))
+        return await self._one(uuid, await self._run("cancel", uuid, node or "", ""))
+
+    async def cancel_schedule(self, schedule_id: str, *, node: str | None = None) -> list[Instance]:
+        canceled = await self._run("cancel", "", node or "", schedule_id)
+        await self._flush_corrupt()
+        out = []
+        for uuid in canceled or []:
+            inst = await self.get_instance(_text(uuid))
+            if inst is not None:
+                out.append(inst)
+        return out
+
+    # -- schedule records ------------------------------------------------------------------------------
+    def _schedule_record(self, schedule_id: str, raw: Any) -> ScheduleRecord | None:
+        text = _text(raw)
+        version, _, data = text.partition(" ")
+        try:
+            d = json.loads(data)
+            if not version.isdigit() or not isinstance(d, dict):
+                raise ValueError("expected '{version} {JSON object}'")
+        except ValueError as exc:
+            self._report_corrupt(f"{self.p}schedules:{schedule_id}", f"{type(exc).__name__}: {exc}", text)
+            return None
+        return ScheduleRecord(schedule_id, d, int(version))
+
+    async def get_schedule_record(self, schedule_id: str) -> ScheduleRecord | None:
+        raw = await self.conn.execute("HGET", self.p + "schedules", schedule_id)
+        rec = None if raw is None else self._schedule_record(schedule_id, raw)
+        await self._flush_corrupt()
+        return rec
+
+    async def list_schedule_records(self) -> list[ScheduleRecord]:
+        flat = await self.conn.execute("HGETALL", self.p + "schedules") or []
+        pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2])
+        out = [r for k, v in pairs if (r := self._schedule_record(_text(k), v)) is not None]
+        await self._flush_corrupt()
+        return sorted(out, key=lambda r: r.id)
+
+    async def put_schedule_record(self, schedule_id: str, data: dict[str, Any], *,
+                                  version: int | None) -> int | None:
+        got = await self._run("schedule_put", schedule_id, json.dumps(data, separators=(",", ":")),
+                              "" if version is None else str(version))
+        return None if got is None or got is False else int(got)
+
+    async def delete_schedule_record(self, schedule_id: str, *, version: int) -> bool:
+        return bool(await self._run("schedule_delete", schedule_id, str(version)))
 
     async def _one(self, uuid: str, flat: Any) -> Instance | None:
         """One instance from its hash; None if absent; CorruptRecordError (and set aside) if undecodable.
@@ -960,3 +1007,8 @@ def _max_abandons(v: str | None) -> int | None:
     if v is None:
         return DEFAULT_MAX_ABANDONS
     return None if v == "" else int(v)
+
+
+def _text(v: Any) -> str:
+    """A reply's bulk string as text (the connections decode them; bytes are accepted all the same)."""
+    return v.decode() if isinstance(v, bytes) else str(v)

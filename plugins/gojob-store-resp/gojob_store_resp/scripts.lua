@@ -607,25 +607,31 @@ flush()
 return 1
 
 --! cancel
--- ARGV: prefix, uuid, node -> hgetall of the instance after the change, {} if none, or the reason (a
--- string) if its key cannot be read (it is set aside)
+-- ARGV: prefix, uuid, node, schedule id
+-- With a uuid (and no schedule id): cancel that instance only -> hgetall of the instance after the
+-- change, {} if none, or the reason (a string) if its key cannot be read (it is set aside).
+-- With a schedule id (and uuid ''): stop that occurrence chain (Store.cancel_schedule): mark it
+-- canceled (a chained enqueue is refused from now on), cancel its waiting occurrences, leave a running
+-- one be -> the uuids made CANCELED.
 local CANCEL = {'state', 'cancel', 'kind', 'attempts', 'ready_ts', 'seq'}
-local uuid, node = ARGV[2], ARGV[3]
-local key = P .. 'inst:' .. uuid
-local head = hm(key, 'state', 'schedule_id')
-if not head then return 'WRONGTYPE: the instance key is not a hash' end
-if not head[1] then
-  if redis.call('EXISTS', key) == 0 then return {} end
-  set_aside_fields(key, 'state')
-  return 'missing or invalid field(s): state'
-end
+local uuid, node, sid = ARGV[2], ARGV[3], ARGV[4]
 local t = now()
-local sid = head[2]
 local targets = {uuid}
-if sid and sid ~= '' then
+local key = P .. 'inst:' .. uuid
+if sid ~= '' then
   redis.call('SADD', P .. 'sched:canceled', sid)
   targets = redis.call('SMEMBERS', P .. 'sched:' .. sid)
+  table.sort(targets)
+else
+  local head = hm(key, 'state')
+  if not head then return 'WRONGTYPE: the instance key is not a hash' end
+  if not head[1] then
+    if redis.call('EXISTS', key) == 0 then return {} end
+    set_aside_fields(key, 'state')
+    return 'missing or invalid field(s): state'
+  end
 end
+local canceled = {}
 for _, u in ipairs(targets) do
   local k = P .. 'inst:' .. u
   local f = hm(k, unpack(CANCEL))
@@ -639,14 +645,41 @@ for _, u in ipairs(targets) do
       redis.call('ZREM', P .. 'ready', ready_member(tonumber(f[5]), tonumber(f[6]), u))
       unqueue(f[3], u)
       hist(u, f[3], 'CANCELED', t, tonumber(f[4]), node, 'canceled before it ran')
+      canceled[#canceled + 1] = u
     end
-  elseif f and f[1] == 'PROCESSING' and f[2] ~= '1' then
+  elseif sid == '' and f and f[1] == 'PROCESSING' and f[2] ~= '1' then
     redis.call('HSET', k, 'cancel', 1)
     redis.call('PUBLISH', P .. 'cancel', u)
   end
 end
 flush()
+if sid ~= '' then return canceled end
 return redis.call('HGETALL', key)
+
+--! schedule_put
+-- ARGV: prefix, schedule id, data (JSON), version ('' = only if absent) -> the new version, or false
+-- A schedule record is a field of the {p}schedules hash: "{version} {data}".
+local id, data, want = ARGV[2], ARGV[3], ARGV[4]
+local cur = redis.call('HGET', P .. 'schedules', id)
+local version = 0
+if cur then
+  version = tonumber(string.match(cur, '^(%d+) '))
+  if want == '' or version == nil or tostring(version) ~= want then return false end
+elseif want ~= '' then
+  return false
+end
+version = version + 1
+redis.call('HSET', P .. 'schedules', id, tostring(version) .. ' ' .. data)
+return version
+
+--! schedule_delete
+-- ARGV: prefix, schedule id, version -> 1 if deleted
+local cur = redis.call('HGET', P .. 'schedules', ARGV[2])
+if cur and string.match(cur, '^(%d+) ') == ARGV[3] then
+  redis.call('HDEL', P .. 'schedules', ARGV[2])
+  return 1
+end
+return 0
 
 --! clear
 -- ARGV: prefix, uuids... -> how many removed (running ones are kept; a key that cannot be read is

@@ -21,7 +21,8 @@ __all__ = ["SCHEMA_VERSION", "Dialect", "MysqlDialect", "PostgresDialect", "Sqli
            "newer_schema"]
 
 #: the schema version this code writes and reads; a database at a newer one is refused at start
-SCHEMA_VERSION = 1
+#: (2: the schedule records table)
+SCHEMA_VERSION = 2
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PREFIX = re.compile(r"[A-Za-z0-9_]*")
@@ -31,7 +32,7 @@ WAITING = "state = 'SCHEDULED' AND aside = FALSE"
 RUNNING = "state = 'PROCESSING' AND aside = FALSE"
 
 #: the tables of one store, by their short names
-TABLES = ("meta", "instances", "history", "logs", "schedules", "corrupt")
+TABLES = ("meta", "instances", "history", "logs", "schedules", "corrupt", "schedule_records")
 
 
 def newer_schema(found: int, where: str) -> StoreError:
@@ -96,6 +97,9 @@ class Dialect:
     # -- DDL -----------------------------------------------------------------------------------------
     def ddl(self, version: int) -> list[str]:
         """The statements that take a database from ``version - 1`` to ``version`` (1: create it all)."""
+        if version == 2:
+            columns = f"id {self.ID} PRIMARY KEY, data {self.LONG_TEXT} NOT NULL, version {self.BIGINT} NOT NULL"
+            return self.create_table(self.schedule_records, columns)
         if version != 1:
             raise ValueError(f"no schema version {version}")
         T, B, N, F, BO, BL = self.TEXT, self.BIGINT, self.INT, self.FLOAT, self.BOOL, self.BLOB
@@ -267,6 +271,26 @@ class Dialect:
         return (f"INSERT INTO {self.schedules} (sid, canceled) VALUES ({self.ph(1)}, {self.ph(2)}) "
                 "ON CONFLICT (sid) DO UPDATE SET canceled = excluded.canceled")
 
+    # -- schedule records: plain statements, each in a transaction of its own (compare-and-set by version) --
+    def select_schedule_records(self, one: bool) -> str:
+        """(id, data, version) of every schedule record by id, or of one: (id)."""
+        where = f" WHERE id = {self.ph(1)}" if one else ""
+        return f"SELECT id, data, version FROM {self.schedule_records}{where} ORDER BY id"
+
+    def insert_schedule_record(self) -> str:
+        """(id, data): a new record at version 1; changes no row if the id exists (MySQL: INSERT IGNORE)."""
+        return (f"INSERT INTO {self.schedule_records} (id, data, version) VALUES ({self.ph(1)}, {self.ph(2)}, 1) "
+                "ON CONFLICT (id) DO NOTHING")
+
+    def update_schedule_record(self) -> str:
+        """(data, id, version): the record's next version, only if it is still at that version."""
+        return (f"UPDATE {self.schedule_records} SET data = {self.ph(1)}, version = version + 1 "
+                f"WHERE id = {self.ph(2)} AND version = {self.ph(3)}")
+
+    def delete_schedule_record(self) -> str:
+        """(id, version): only if it is still at that version."""
+        return f"DELETE FROM {self.schedule_records} WHERE id = {self.ph(1)} AND version = {self.ph(2)}"
+
     def update_instance(self) -> str:
         """The columns a transition changes, then the new seq (NULL: keep it), then the uuid."""
         sets = ", ".join(f"{c} = {self.ph(i + 1)}" for i, c in enumerate(MUTABLE_COLUMNS))
@@ -395,6 +419,10 @@ class MysqlDialect(Dialect):
     def upsert_schedule(self) -> str:
         return (f"INSERT INTO {self.schedules} (sid, canceled) VALUES (%s, %s) "
                 "ON DUPLICATE KEY UPDATE canceled = VALUES(canceled)")
+
+    def insert_schedule_record(self) -> str:
+        return (f"INSERT INTO {self.schedule_records} (id, data, version) VALUES (%s, %s, 1) "
+                "ON DUPLICATE KEY UPDATE id = id")
 
     def report_corrupt(self) -> str:
         return (f'INSERT INTO {self.corrupt} ("key", source, reason, ts, raw) VALUES (%s, %s, %s, %s, %s) '

@@ -13,10 +13,11 @@ the same database and event loop also hand them to each other directly (the in-p
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -25,7 +26,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from gojob_core import CorruptRecordError, Instance, LogRecord, Query, StateRecord, transitions
 from gojob_core._state import State
 from gojob_core._time import now
-from gojob_core.abc import CorruptRecord, LeaseReport, Outcome, Store
+from gojob_core.abc import CorruptRecord, LeaseReport, Outcome, ScheduleRecord, Store
 
 from ._backend import Aside, Reads, Rows, SqlBackend, Writes
 from ._rows import (
@@ -225,7 +226,10 @@ class SqlStore(Store):
             def decide(rows: Rows) -> tuple[tuple[list[Instance], bool], Writes]:
                 w = Writes()
                 out: list[Instance] = []
-                self._decide_claim(rows.claim, node, want, lease, ts, w, out)
+                # the records' time is taken once the rows are read and locked: an instance whose enqueue
+                # committed after ``ts`` was taken (between the clock and the read) is not recorded as
+                # claimed before it was created
+                self._decide_claim(rows.claim, node, want, lease, max(ts, now()), w, out)
                 return (out, bool(w.aside) and len(rows.claim) == want), w
 
             out, again = await self._transact(Reads(ts=ts, claim=want), decide)
@@ -244,10 +248,11 @@ class SqlStore(Store):
 
         def decide(rows: Rows) -> tuple[tuple[list[bool], list[Instance]], Writes]:
             w = Writes()
-            oks = self._decide_finish(rows.by_uuid, outcomes, node, ts, w)
+            at = max(ts, now())  # after the reads, as in claim
+            oks = self._decide_finish(rows.by_uuid, outcomes, node, at, w)
             out: list[Instance] = []
             if limit > 0:
-                self._decide_claim(rows.claim, node, limit, lease, ts, w, out)
+                self._decide_claim(rows.claim, node, limit, lease, at, w, out)
             return (oks, out), w
 
         oks, out = await self._transact(Reads(uuids=uuids, ts=ts, claim=max(0, limit)), decide)
@@ -416,18 +421,31 @@ class SqlStore(Store):
         await self._transact(Reads(uuids=sorted(set(uuids))), decide)
 
     async def cancel(self, uuid: str, *, node: str | None = None) -> Instance | None:
-        target = await self._get(uuid)
-        if target is None:
+        if await self._get(uuid) is None:
             return None
-        ts = now()
-        sid = target.schedule_id
+        after = await self._transact(Reads(uuids=[uuid]), self._decide_cancel(now(), node, waiting_only=False))
+        got = after.get(uuid)
+        if got is None:  # gone meanwhile, or unreadable now
+            return await self.get_instance(uuid)
+        return got.copy()
 
-        def decide(rows: Rows) -> tuple[Instance | None, Writes]:
+    async def cancel_schedule(self, schedule_id: str, *, node: str | None = None) -> list[Instance]:
+        # the backend marks the chain canceled and reads its occurrences in the same transaction
+        after = await self._transact(Reads(cancel_schedule=schedule_id),
+                                     self._decide_cancel(now(), node, waiting_only=True))
+        return [i.copy() for _, i in sorted(after.items()) if i.state is State.CANCELED]
+
+    def _decide_cancel(self, ts: float, node: str | None, *,
+                       waiting_only: bool) -> Callable[[Rows], tuple[dict[str, Instance], Writes]]:
+        """The cancel of the rows read (``waiting_only``: a chain stopped, its running occurrence left be);
+        returns the instances it changed (a waiting one CANCELED, a running one flagged) by uuid."""
+
+        def decide(rows: Rows) -> tuple[dict[str, Instance], Writes]:
             w = Writes()
-            after: Instance | None = None
-            for row in rows.schedule if sid is not None else rows.by_uuid:
+            after: dict[str, Instance] = {}
+            for row in rows.schedule if waiting_only else rows.by_uuid:
                 inst = self._decode(row, w)
-                if inst is None:
+                if inst is None or (waiting_only and inst.state not in transitions.WAITING):
                     continue
                 history = transitions.cancel(inst, ts, node)
                 if history:  # waiting: final at once
@@ -437,15 +455,45 @@ class SqlStore(Store):
                 elif history is not None:  # running: its node hears of it
                     w.updates.append((inst, False))
                     w.cancels.append(inst.uuid)
-                if inst.uuid == uuid:
-                    after = inst
+                if history is not None or not waiting_only:
+                    after[inst.uuid] = inst
             return after, w
 
-        reads = Reads(cancel_schedule=sid) if sid is not None else Reads(uuids=[uuid])
-        after = await self._transact(reads, decide)
-        if after is None:  # gone meanwhile, or unreadable now
-            return await self.get_instance(uuid)
-        return after.copy()  # type: ignore[no-any-return]
+        return decide
+
+    # -- schedule records ------------------------------------------------------------------------------
+    def _schedule_records(self, rows: list[Any]) -> list[ScheduleRecord]:
+        out = []
+        for sid, data, version in rows:
+            try:
+                d = json.loads(data)
+                if not isinstance(d, dict):
+                    raise ValueError(f"expected a JSON object, got {type(d).__name__}")
+            except ValueError as exc:  # reported, skipped: an operator's to repair
+                _log.error("%s: schedule record %r cannot be decoded: %s", self.backend.where, sid, exc)
+                continue
+            out.append(ScheduleRecord(str(sid), d, int(version)))
+        return out
+
+    async def get_schedule_record(self, schedule_id: str) -> ScheduleRecord | None:
+        rows = await self.backend.fetch(self.backend.dialect.select_schedule_records(True), [schedule_id])
+        found = self._schedule_records(rows)
+        return found[0] if found else None
+
+    async def list_schedule_records(self) -> list[ScheduleRecord]:
+        return self._schedule_records(await self.backend.fetch(self.backend.dialect.select_schedule_records(False)))
+
+    async def put_schedule_record(self, schedule_id: str, data: dict[str, Any], *,
+                                  version: int | None) -> int | None:
+        d = self.backend.dialect
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        if version is None:
+            return 1 if await self.backend.execute(d.insert_schedule_record(), [schedule_id, text]) == 1 else None
+        changed = await self.backend.execute(d.update_schedule_record(), [text, schedule_id, version])
+        return version + 1 if changed == 1 else None
+
+    async def delete_schedule_record(self, schedule_id: str, *, version: int) -> bool:
+        return await self.backend.execute(self.backend.dialect.delete_schedule_record(), [schedule_id, version]) == 1
 
     async def cancel_notifications(self) -> AsyncIterator[str]:
         self._on_this_loop()

@@ -351,3 +351,133 @@ class DropCorruptResponse(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     dropped: bool
     def __init__(self, dropped: _Optional[bool] = ...) -> None: ...
+
+class Trigger(_message.Message):
+    __slots__ = ("cron", "timezone", "every", "at", "start", "end")
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    cron: str
+    timezone: str
+    every: float
+    at: _timestamp_pb2.Timestamp
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    def __init__(self, cron: _Optional[str] = ..., timezone: _Optional[str] = ..., every: _Optional[float] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ScheduleInfo(_message.Message):
+    __slots__ = ("id", "kind", "state", "trigger", "description", "args_json", "kwargs_json", "priority", "max_retries", "timeout", "misfire_grace_time", "coalesce", "max_runs", "jitter", "runs", "next_fire_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    KWARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MISFIRE_GRACE_TIME_FIELD_NUMBER: _ClassVar[int]
+    COALESCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIRE_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    state: str
+    trigger: Trigger
+    description: str
+    args_json: str
+    kwargs_json: str
+    priority: int
+    max_retries: int
+    timeout: float
+    misfire_grace_time: float
+    coalesce: str
+    max_runs: int
+    jitter: float
+    runs: int
+    next_fire_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., description: _Optional[str] = ..., args_json: _Optional[str] = ..., kwargs_json: _Optional[str] = ..., priority: _Optional[int] = ..., max_retries: _Optional[int] = ..., timeout: _Optional[float] = ..., misfire_grace_time: _Optional[float] = ..., coalesce: _Optional[str] = ..., max_runs: _Optional[int] = ..., jitter: _Optional[float] = ..., runs: _Optional[int] = ..., next_fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AddScheduleRequest(_message.Message):
+    __slots__ = ("kind", "trigger", "id", "arguments_json", "priority", "max_retries", "timeout", "misfire_grace_time", "coalesce", "max_runs", "jitter", "paused")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MISFIRE_GRACE_TIME_FIELD_NUMBER: _ClassVar[int]
+    COALESCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    trigger: Trigger
+    id: str
+    arguments_json: str
+    priority: int
+    max_retries: int
+    timeout: float
+    misfire_grace_time: float
+    coalesce: str
+    max_runs: int
+    jitter: float
+    paused: bool
+    def __init__(self, kind: _Optional[str] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., id: _Optional[str] = ..., arguments_json: _Optional[str] = ..., priority: _Optional[int] = ..., max_retries: _Optional[int] = ..., timeout: _Optional[float] = ..., misfire_grace_time: _Optional[float] = ..., coalesce: _Optional[str] = ..., max_runs: _Optional[int] = ..., jitter: _Optional[float] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ("kind", "state")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    state: str
+    def __init__(self, kind: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules", "next_run_at")
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_AT_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    next_run_at: _timestamp_pb2.Timestamp
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ..., next_run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ScheduleIdRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class UpdateScheduleRequest(_message.Message):
+    __slots__ = ("id", "trigger", "arguments_json", "priority", "max_retries", "timeout", "misfire_grace_time", "coalesce", "max_runs", "jitter")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TRIGGER_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MISFIRE_GRACE_TIME_FIELD_NUMBER: _ClassVar[int]
+    COALESCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNS_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    trigger: Trigger
+    arguments_json: str
+    priority: int
+    max_retries: int
+    timeout: float
+    misfire_grace_time: float
+    coalesce: str
+    max_runs: int
+    jitter: float
+    def __init__(self, id: _Optional[str] = ..., trigger: _Optional[_Union[Trigger, _Mapping]] = ..., arguments_json: _Optional[str] = ..., priority: _Optional[int] = ..., max_retries: _Optional[int] = ..., timeout: _Optional[float] = ..., misfire_grace_time: _Optional[float] = ..., coalesce: _Optional[str] = ..., max_runs: _Optional[int] = ..., jitter: _Optional[float] = ...) -> None: ...
+
+class RemoveScheduleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -105,6 +105,41 @@ class JobServiceStub:
                 request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptRequest.SerializeToString,
                 response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptResponse.FromString,
                 _registered_method=True)
+        self.AddSchedule = channel.unary_unary(
+                '/gojob.v1.JobService/AddSchedule',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.AddScheduleRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/gojob.v1.JobService/ListSchedules',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
+        self.GetSchedule = channel.unary_unary(
+                '/gojob.v1.JobService/GetSchedule',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.PauseSchedule = channel.unary_unary(
+                '/gojob.v1.JobService/PauseSchedule',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.ResumeSchedule = channel.unary_unary(
+                '/gojob.v1.JobService/ResumeSchedule',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/gojob.v1.JobService/UpdateSchedule',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+                _registered_method=True)
+        self.RemoveSchedule = channel.unary_unary(
+                '/gojob.v1.JobService/RemoveSchedule',
+                request_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+                response_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.RemoveScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -211,6 +246,55 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddSchedule(self, request, context):
+        """Add a schedule of a registered job (kept in the store: every node sees it and runs its fires).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """Every schedule in the store, by id, with the earliest next fire time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchedule(self, request, context):
+        """One schedule; NOT_FOUND if there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSchedule(self, request, context):
+        """Stop a schedule firing (its pending occurrence is canceled); NOT_FOUND if there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSchedule(self, request, context):
+        """Fire a paused schedule again, from the next fire time after now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """Change a schedule from its next fire on (the fields given replace the stored ones).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSchedule(self, request, context):
+        """Remove a schedule (its past occurrences and their history stay).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +367,41 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.DropCorrupt,
                     request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptRequest.FromString,
                     response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptResponse.SerializeToString,
+            ),
+            'AddSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSchedule,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.AddScheduleRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListSchedulesResponse.SerializeToString,
+            ),
+            'GetSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchedule,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'PauseSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSchedule,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'ResumeSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSchedule,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.SerializeToString,
+            ),
+            'RemoveSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSchedule,
+                    request_deserializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.FromString,
+                    response_serializer=gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.RemoveScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -664,6 +783,195 @@ class JobService:
             '/gojob.v1.JobService/DropCorrupt',
             gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptRequest.SerializeToString,
             gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.DropCorruptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/AddSchedule',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.AddScheduleRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/ListSchedules',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListSchedulesRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ListSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/GetSchedule',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/PauseSchedule',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/ResumeSchedule',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/UpdateSchedule',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.UpdateScheduleRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gojob.v1.JobService/RemoveSchedule',
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.ScheduleIdRequest.SerializeToString,
+            gojob__grpc_dot_proto_dot_gojob_dot_v1_dot_jobs__pb2.RemoveScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,
