@@ -91,20 +91,8 @@ async def producer(args, base, url):
 
 
 def main():
-    args = peerlib.parse_args(default_concurrency=10, topologies=("proc",), variants=("seq", "bulk"))
-    base = peerlib.base_record("gojob", "gojob-store-postgres", args, store="postgres")
-    try:
-        url = pglib.dsn()
-        peerlib.init_shared(args.n, args.mode == "latency")
-        asyncio.run(init_schema(url))
-        peerlib.start_worker_process(worker_proc, url, args.concurrency)
-        rec = asyncio.run(producer(args, base, url))
-        peerlib.emit(rec)
-        code = 0 if rec["ok"] else 1
-    except BaseException as e:  # noqa: BLE001
-        peerlib.fail(base, args, e)
-        code = 2
-    peerlib.finish(code)
+    pglib.run_adapter("gojob", "gojob-store-postgres", init_schema, worker_proc,
+                      lambda args, base, url: producer(args, base, url), variants=("seq", "bulk"))
 
 
 if __name__ == "__main__":

@@ -51,21 +51,8 @@ async def producer(args, url, q, base):
 
 
 def main():
-    args = peerlib.parse_args(default_concurrency=10, topologies=("proc",))
-    base = peerlib.base_record("saq", "saq", args, store="postgres")
-    try:
-        url = pglib.dsn()
-        peerlib.init_shared(args.n, args.mode == "latency")
-        q = peerlib.queue_name()
-        asyncio.run(init_schema(url, q))
-        peerlib.start_worker_process(worker_proc, url, q, args.concurrency)
-        rec = asyncio.run(producer(args, url, q, base))
-        peerlib.emit(rec)
-        code = 0 if rec["ok"] else 1
-    except BaseException as e:  # noqa: BLE001
-        peerlib.fail(base, args, e)
-        code = 2
-    peerlib.finish(code)
+    pglib.run_adapter("saq", "saq", init_schema, worker_proc,
+                      lambda args, base, url, q: producer(args, url, q, base), queue=True)
 
 
 if __name__ == "__main__":

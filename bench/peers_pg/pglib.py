@@ -15,6 +15,7 @@ ones the Redis peers were measured with. This module adds:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -101,3 +102,27 @@ async def run_async(args, base: dict, enqueue) -> dict:
 
     rec = await peerlib.run_async(args, base, measured)
     return add_cpu(rec, first[0] if first else None, args.n)
+
+
+def run_adapter(framework: str, library: str, init, worker, produce, *, variants=None, queue: bool = False) -> None:
+    """An adapter's whole program, the same for every framework: parse the harness's arguments, set the
+    framework's schema up before its worker starts (SAQ skips its migration when another process holds
+    its lock), start the worker process, run the producer, print the record, exit with its verdict.
+    ``init(url[, queue])``, ``worker(url[, queue], concurrency)`` and ``produce(args, base, url[, queue])``
+    are the framework's; ``queue``: the framework takes a queue name of this run's own."""
+    extra = {"variants": variants} if variants else {}
+    args = peerlib.parse_args(default_concurrency=10, topologies=("proc",), **extra)
+    base = peerlib.base_record(framework, library, args, store="postgres")
+    try:
+        url = dsn()
+        peerlib.init_shared(args.n, args.mode == "latency")
+        named = (peerlib.queue_name(),) if queue else ()
+        asyncio.run(init(url, *named))
+        peerlib.start_worker_process(worker, url, *named, args.concurrency)
+        rec = asyncio.run(produce(args, base, url, *named))
+        peerlib.emit(rec)
+        code = 0 if rec["ok"] else 1
+    except BaseException as e:  # noqa: BLE001
+        peerlib.fail(base, args, e)
+        code = 2
+    peerlib.finish(code)
