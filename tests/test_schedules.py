@@ -269,3 +269,34 @@ def test_blocking_manager_schedules() -> None:
         assert mgr.update_schedule("sync", max_runs=5).max_runs == 5
         mgr.remove_schedule("sync")
         assert mgr.list_schedules() == []
+
+
+async def test_two_nodes_scheduling_one_crontab_at_once_both_get_its_occurrence() -> None:
+    """Node a has written the schedule's record but not yet enqueued its first occurrence when node b
+    schedules the same crontab (two nodes starting together, each scheduling its system jobs): b enqueues
+    that occurrence itself (its uuid is derived), instead of finding the schedule "active with nothing
+    pending"; a, resuming, finds it there. One occurrence, both calls answered with it."""
+    store = gojob.MemoryStore()
+    job = Job(kind="nightly", executor=lambda: None)
+    async with Manager(store, num_workers=0, node_id="a") as a, Manager(store, num_workers=0, node_id="b") as b:
+        written, go = anyio.Event(), anyio.Event()
+        enqueue = a._enqueue_occurrence
+
+        async def stalled(occ: Instance, *, chained: bool) -> bool:
+            written.set()  # the record is written; the first occurrence is not enqueued yet
+            await go.wait()
+            return await enqueue(occ, chained=chained)
+
+        a._enqueue_occurrence = stalled  # type: ignore[method-assign]
+        got: dict[str, Instance] = {}
+
+        async def schedule(m: Manager) -> None:
+            got[m.node_id] = await m.schedule_job(job, crontab_spec="0 12 29 2 *", timezone="UTC")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(schedule, a)
+            await written.wait()
+            await schedule(b)
+            go.set()
+        assert got["a"].uuid == got["b"].uuid
+        assert [i.uuid for i in await b.lookup_instances(Query(kind="nightly"))] == [got["a"].uuid]

@@ -389,7 +389,13 @@ class Schedules:
             if strict and existing._definition(any_start) != sched._definition(any_start):
                 raise ScheduleError(f"job {sched.kind!r}: a schedule with id {sched.id!r} already exists with "
                                     "another definition (update_schedule changes it)")
-            return existing, await self._pending(existing)
+            pending = await self._pending(existing)
+            if pending is None and existing.state == "active" and existing.next_fire_ts is not None:
+                # the node that wrote the record (starting beside this one, say) may not have enqueued the
+                # first occurrence yet: enqueue it here too; its uuid is derived, so one of the two is kept
+                occ = self._occurrence(existing, existing.next_fire_ts)
+                pending = occ if await self._enqueue_occurrence(occ, chained=True) else await self._pending(existing)
+            return existing, pending
         sched = _replace(sched, version=version)
         if first is None:
             return sched, None

@@ -125,7 +125,8 @@ class ScheduleScenarios:
             done = await a.wait(occ, timeout=30)
             assert done.state is State.CANCELED and ran == []
             history = await a.lookup_instance_history(Query(instance=occ))
-            assert [r.state for r in history] == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.CANCELED], history
+            states = [r.state for r in history]
+            assert states == [State.CREATED, State.SCHEDULED, State.PROCESSING, State.CANCELED], history
             detail = history[-1].detail or ""
             assert detail.startswith("skipped: misfired") and "misfire_grace_time 1 s" in detail
             assert (await a.get_schedule(sched.id)).state == "finished"
