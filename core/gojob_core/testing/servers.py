@@ -166,6 +166,22 @@ class DataServer:
         self._spawn()
         self._wait_ready()
 
+    def launch(self, argv_for: Callable[[int], list[str]], tries: int = 3) -> None:
+        """Start the server on a free port (``argv_for(port)`` is its command line) and wait until it is
+        ready, trying another port if one was taken meanwhile; cleans up and raises if it never starts."""
+        last: Exception | None = None
+        for _ in range(tries):
+            self.port = free_port()
+            self.argv = argv_for(self.port)
+            self._spawn()
+            try:
+                self._wait_ready()
+                return
+            except RuntimeError as exc:  # a port taken meanwhile, say (_wait_ready stopped it)
+                last = exc
+        self.cleanup()
+        raise RuntimeError(f"could not start {self.name}: {last}")
+
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -183,10 +183,14 @@ class _Pool:
             except BaseException:
                 conn.close()
                 raise
-            if self._closed:  # the store stopped while this one was out
-                conn.close()
-            else:
-                self._idle.append(conn)
+            self.give(conn)
+
+    def give(self, conn: Any) -> None:
+        """Keep a working connection for the next acquire (closed if the pool was closed meanwhile)."""
+        if self._closed:  # the store stopped while this one was out
+            conn.close()
+        else:
+            self._idle.append(conn)
 
     async def aclose(self) -> None:
         """Close the idle connections (saying goodbye to the server; those out are closed when they come
@@ -320,7 +324,7 @@ class MysqlBackend(SqlBackend):
                 async with conn.cursor() as cur:
                     if await self._version(cur) != SCHEMA_VERSION:  # else the usual case: no lock taken
                         await self._create(cur)
-                self._pool_or_fail()._idle.append(conn)
+                self._pool_or_fail().give(conn)
             except BaseException:
                 conn.close()
                 raise

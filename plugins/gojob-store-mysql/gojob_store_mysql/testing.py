@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gojob_core.testing.servers import DataServer, free_port
+from gojob_core.testing.servers import DataServer
 
 __all__ = ["MariadbServer", "find_mariadb_bindir", "mysql_server", "start_mariadb"]
 
@@ -123,23 +123,13 @@ def start_mariadb(workdir: Path | None = None) -> MariadbServer:
         raise RuntimeError(f"mariadb-install-db failed ({made.returncode}):\n{made.stdout.decode(errors='replace')}\n"
                            f"{made.stderr.decode(errors='replace')}")
     server = MariadbServer(workdir=workdir, port=0, run_as=run_as)
-    last: Exception | None = None
-    for _ in range(3):
-        server.port = free_port()
-        server.argv = [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--port={server.port}",
-                       "--bind-address=127.0.0.1", f"--socket={workdir / 'sock'}", f"--pid-file={workdir / 'pid'}",
-                       f"--init-file={init}", "--skip-name-resolve", "--skip-log-bin", "--max-connections=500",
-                       "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
-                       "--innodb-buffer-pool-size=64M", "--performance-schema=OFF",
-                       *([f"--user={os_user}"] if os_user else [])]
-        server._spawn()
-        try:
-            server._wait_ready()
-            return server
-        except RuntimeError as exc:  # a port taken meanwhile, say (_wait_ready stopped it)
-            last = exc
-    server.cleanup()
-    raise RuntimeError(f"could not start mariadbd: {last}")
+    server.launch(lambda port: [mariadbd, "--no-defaults", f"--datadir={datadir}", f"--port={port}",
+            "--bind-address=127.0.0.1", f"--socket={workdir / 'sock'}", f"--pid-file={workdir / 'pid'}",
+            f"--init-file={init}", "--skip-name-resolve", "--skip-log-bin", "--max-connections=500",
+            "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+            "--innodb-buffer-pool-size=64M", "--performance-schema=OFF",
+            *([f"--user={os_user}"] if os_user else [])])
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -60,12 +60,6 @@ def find_postgres_bindir() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(kw_only=True)
 class PostgresServer(DataServer):
     """A PostgreSQL server this test session started; ``stop()`` ends it by PID (SIGINT: PostgreSQL's
@@ -142,22 +136,12 @@ def start_postgres(workdir: Path | None = None, *, bindir: str | None = None) ->
     if init.returncode != 0:
         raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout.decode(errors='replace')}\n"
                            f"{init.stderr.decode(errors='replace')}")
-    last: Exception | None = None
-    for _ in range(3):
-        server.port = _free_port()
-        server.argv = [os.path.join(bindir, "postgres"), "-D", str(server.datadir), "-p", str(server.port),
-                       "-k", str(workdir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                       "-c", "full_page_writes=off", "-c", "synchronous_commit=off", "-c", "max_connections=300",
-                       "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning", "-c", "logging_collector=off",
-                       "-c", "deadlock_timeout=200ms"]
-        server._spawn()
-        try:
-            server._wait_ready()
-            return server
-        except RuntimeError as exc:  # a port taken meanwhile, say (_wait_ready stopped it)
-            last = exc
-    server.cleanup()
-    raise RuntimeError(f"could not start postgres: {last}")
+    server.launch(lambda port: [os.path.join(bindir, "postgres"), "-D", str(server.datadir), "-p", str(port),
+            "-k", str(workdir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            "-c", "full_page_writes=off", "-c", "synchronous_commit=off", "-c", "max_connections=300",
+            "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning", "-c", "logging_collector=off",
+            "-c", "deadlock_timeout=200ms"])
+    return server
 
 
 @pytest.fixture(scope="session")
